@@ -1,0 +1,6 @@
+"""Reusable building blocks for MM1.5-style multimodal LLMs."""
+
+from mm15_components.model import MM15Model
+from mm15_components.module import MM15Module
+
+__all__ = ["MM15Model", "MM15Module"]

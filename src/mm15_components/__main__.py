@@ -1,0 +1,3 @@
+from mm15_components.cli import main
+
+main()

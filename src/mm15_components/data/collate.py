@@ -1,0 +1,105 @@
+"""Samples to model inputs: image tensors, token ids, answer-only labels, padded batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+from mm15_components.data.schema import Box, Sample
+from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate
+
+
+def image_to_tensor(
+    image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """An RGB image resized (antialiased) to ``size`` x ``size`` and normalised: ``[3, S, S]``."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class SampleEncoder:
+    """Turns a ``Sample`` into tensors; runs in DataLoader workers.
+
+    Args:
+        baseline_box: a constant box (fractions of the image) attached to grounding samples as
+            ``baseline_box``, so evaluation can score the best constant answer beside the model.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_size: int,
+        image_tokens: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        template: ChatTemplate | None = None,
+        baseline_box: Box | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.image_tokens = image_tokens
+        self.mean, self.std = mean, std
+        self.template = template or ChatTemplate()
+        self.baseline_box = baseline_box
+
+    def __call__(self, sample: Sample) -> dict[str, Any]:
+        encoded = self.template.encode(
+            self.tokenizer, sample.turns, [self.image_tokens] * len(sample.images), where=sample.id
+        )
+        pixels = [image_to_tensor(im, self.image_size, self.mean, self.std) for im in sample.images]
+        item = {
+            "id": sample.id,
+            "input_ids": torch.tensor(encoded.input_ids),
+            "labels": torch.tensor(encoded.labels),
+            "prompt_length": encoded.prompt_length,
+            "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, self.image_size, self.image_size),
+            "target_box": torch.full((4,), float("nan")),
+            "baseline_box": torch.full((4,), float("nan")),
+            "image_size": torch.tensor(sample.images[0].size[::-1] if sample.images else (0, 0)),
+        }
+        if sample.target_box is not None:
+            width, height = sample.images[0].size
+            item["target_box"] = torch.tensor(sample.target_box)
+            if self.baseline_box is not None:
+                scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+                item["baseline_box"] = torch.tensor(self.baseline_box) * scale
+        return item
+
+
+def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Right-pad full sequences (training loss) and left-pad prompts (generation)."""
+    batch_size = len(items)
+    length = max(len(it["input_ids"]) for it in items)
+    prompt_length = max(it["prompt_length"] for it in items)
+    input_ids = torch.full((batch_size, length), pad_token_id)
+    labels = torch.full((batch_size, length), IGNORE_INDEX)
+    attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
+    prompt_ids = torch.full((batch_size, prompt_length), pad_token_id)
+    prompt_mask = torch.zeros(batch_size, prompt_length, dtype=torch.long)
+    for row, it in enumerate(items):
+        n, p = len(it["input_ids"]), it["prompt_length"]
+        input_ids[row, :n] = it["input_ids"]
+        labels[row, :n] = it["labels"]
+        attention_mask[row, :n] = 1
+        prompt_ids[row, prompt_length - p:] = it["input_ids"][:p]
+        prompt_mask[row, prompt_length - p:] = 1
+    return {
+        "ids": [it["id"] for it in items],
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "target_boxes": torch.stack([it["target_box"] for it in items]),
+        "baseline_boxes": torch.stack([it["baseline_box"] for it in items]),
+        "image_sizes": torch.stack([it["image_size"] for it in items]),
+    }

@@ -1,0 +1,110 @@
+"""LightningDataModules."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.tokenizer import build_word_tokenizer, load_tokenizer
+from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
+
+
+class EncodedDataset(Dataset):
+    """Applies a ``SampleEncoder`` to a dataset of ``Sample`` objects (in the worker)."""
+
+    def __init__(self, samples: Dataset, encoder: SampleEncoder) -> None:
+        self.samples = samples
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.encoder(self.samples[index])
+
+
+class SyntheticDataModule(L.LightningDataModule):
+    """Synthetic grounding (shapes -> boxes) and OCR (signs -> words) samples, rendered on
+    the fly, deterministic by seed, with separate train and validation splits.
+
+    Args:
+        tokenizer: a pretrained tokenizer name or path; None builds the word-level tokenizer of
+            the synthetic vocabulary locally (one token per word and per number < ``bins``).
+        tasks: task -> sampling weight (``grounding``, ``text``).
+        image_size: rendered image side in pixels (also the encoder input size).
+        image_tokens: LLM tokens per image; must equal the model's ``tokens_per_image``.
+        bins: coordinate bins of the box codec (Ferret: 1000, values 0..999).
+        train_samples / val_samples: split sizes.
+        batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample.
+        shuffle: shuffle training samples each epoch.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        tasks: dict[str, float] | None = None,
+        image_size: int = 64,
+        image_tokens: int = 16,
+        bins: int = 1000,
+        train_samples: int = 100_000,
+        val_samples: int = 256,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = (
+            load_tokenizer(tokenizer) if tokenizer else build_word_tokenizer(vocabulary(), bins)
+        )
+        self.codec = BoxCodec(bins=bins)
+        tasks = tasks or {"grounding": 0.75, "text": 0.25}
+        make = partial(
+            SyntheticDataset, image_size=image_size, tasks=tasks, encode_box=self._encode_box,
+            seed=seed,
+        )
+        self.train_samples = make(train_samples, split="train")
+        self.val_samples = make(val_samples, split="val")
+        self.image_size = image_size
+        self.image_tokens = image_tokens
+        self.mean, self.std = mean, std
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+
+    def _encode_box(self, box, image_size):
+        return self.codec.encode(box, image_size=image_size)
+
+    def _encoder(self, baseline_box=None) -> SampleEncoder:
+        return SampleEncoder(
+            self.tokenizer, self.image_size, self.image_tokens, self.mean, self.std,
+            baseline_box=baseline_box,
+        )
+
+    def setup(self, stage: str) -> None:
+        self.train_set = EncodedDataset(self.train_samples, self._encoder())
+        baseline = self.train_samples.mean_target_box() if "grounding" in self.train_samples.task_names else None
+        self.val_set = EncodedDataset(self.val_samples, self._encoder(baseline))
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)

@@ -1,0 +1,113 @@
+"""Conversations to token ids: a plain chat template, answer-only labels, image expansion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from transformers import PreTrainedTokenizerBase
+
+from mm15_components.language.tokenizer import IMAGE_TOKEN
+
+if TYPE_CHECKING:  # data.schema -> data/__init__ -> collate -> chat would be circular
+    from mm15_components.data.schema import Turn
+
+IGNORE_INDEX = -100
+"""Label of positions that carry no loss (prompt, images, padding)."""
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """Token ids of one conversation; ``labels`` hold ``IGNORE_INDEX`` outside answers.
+
+    ``prompt_length`` is where the last answer starts: ``input_ids[:prompt_length]`` is the
+    prompt that generation continues from.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A plain template that works with any tokenizer: ``User: ...`` / ``Assistant: ...</s>``.
+
+    Each answer ends with the tokenizer's end-of-sequence token, which is also what stops
+    generation. Loss is taken on the answer text and that end token only.
+    """
+
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+    separator: str = "\n"
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        turns: Sequence[Turn],
+        image_token_counts: Sequence[int],
+        where: str = "sample",
+    ) -> EncodedConversation:
+        """Tokenise ``turns`` and expand the k-th ``<image>`` into ``image_token_counts[k]``
+        image tokens. ``where`` names the sample in error messages."""
+        if not turns or turns[-1].role != "assistant":
+            raise ValueError(f"{where}: a conversation must end with an assistant turn")
+        input_ids: list[int] = []
+        labels: list[int] = []
+        prompt_length = 0
+        for turn in turns:
+            if turn.role == "user":
+                prompt = self.user_prefix + turn.content + self.separator
+                answer = ""
+            elif turn.role == "assistant":
+                prompt, answer = self.assistant_prefix, turn.content
+            else:
+                raise ValueError(f"{where}: unknown role {turn.role!r} (expected user/assistant)")
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids
+            input_ids += ids
+            labels += [IGNORE_INDEX] * len(ids)
+            if turn.role == "assistant":
+                prompt_length = len(input_ids)
+                ids = tokenizer(answer, add_special_tokens=False).input_ids
+                ids += [tokenizer.eos_token_id]
+                input_ids += ids
+                labels += ids
+                sep = tokenizer(self.separator, add_special_tokens=False).input_ids
+                input_ids += sep
+                labels += [IGNORE_INDEX] * len(sep)
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        input_ids, labels, prompt_length = expand_image_tokens(
+            input_ids, labels, prompt_length, image_token_id, image_token_counts, where
+        )
+        return EncodedConversation(input_ids, labels, prompt_length)
+
+
+def expand_image_tokens(
+    input_ids: list[int],
+    labels: list[int],
+    prompt_length: int,
+    image_token_id: int,
+    counts: Sequence[int],
+    where: str = "sample",
+) -> tuple[list[int], list[int], int]:
+    """Repeat the k-th image token ``counts[k]`` times (labels stay ignored there)."""
+    positions = [i for i, t in enumerate(input_ids) if t == image_token_id]
+    if len(positions) != len(counts):
+        raise ValueError(
+            f"{where}: the text has {len(positions)} {IMAGE_TOKEN} placeholder(s) "
+            f"but the sample has {len(counts)} image(s)"
+        )
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    start = 0
+    new_prompt_length = prompt_length
+    for position, count in zip(positions, counts, strict=True):
+        out_ids += input_ids[start:position] + [image_token_id] * count
+        out_labels += labels[start:position] + [IGNORE_INDEX] * count
+        if position < prompt_length:
+            new_prompt_length += count - 1
+        start = position + 1
+    out_ids += input_ids[start:]
+    out_labels += labels[start:]
+    return out_ids, out_labels, new_prompt_length

@@ -1,0 +1,83 @@
+"""Any transformers causal LM, loaded by name, local path or config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+
+class CausalLM(nn.Module):
+    """A decoder-only LLM from transformers, fed with input embeddings.
+
+    Args:
+        pretrained: hub name or local directory for ``AutoModelForCausalLM.from_pretrained``.
+        config: a config dict with ``model_type`` (e.g. a tiny Llama) for random weights.
+            Give exactly one of ``pretrained`` and ``config``.
+        dtype: parameter dtype, e.g. ``"bfloat16"``; None keeps the checkpoint's or fp32.
+        attn_implementation: transformers attention backend (``sdpa``, ``eager``, ...).
+        grad_checkpointing: recompute decoder-layer activations in backward.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        dtype: str | None = None,
+        attn_implementation: str = "sdpa",
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError("CausalLM needs exactly one of `pretrained` and `config`")
+        torch_dtype = getattr(torch, dtype) if dtype else None
+        if pretrained is not None:
+            try:
+                self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+                    pretrained, dtype=torch_dtype, attn_implementation=attn_implementation
+                )
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot load language model {pretrained!r}: {error}") from error
+        else:
+            config = dict(config)
+            model_type = config.pop("model_type", None)
+            try:
+                hf_config = AutoConfig.for_model(model_type, **config)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"bad language model config (model_type={model_type!r}): {error}") from error
+            hf_config._attn_implementation = attn_implementation
+            self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+        if grad_checkpointing:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The decoder layers (the units FSDP shards), found by transformers' no-split classes."""
+        names = set(self.model._no_split_modules or [])
+        return [m for m in self.model.modules() if type(m).__name__ in names]
+
+    def resize_vocab(self, vocab_size: int) -> None:
+        """Grow the embeddings (and tied head) to a tokenizer with added tokens."""
+        if self.model.get_input_embeddings().num_embeddings != vocab_size:
+            self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, T, hidden]`` embeddings -> ``[B, T, vocab]`` next-token logits."""
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
+        """transformers ``generate`` from embeddings; returns only the new token ids."""
+        return self.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )

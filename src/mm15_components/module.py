@@ -1,0 +1,183 @@
+"""MM15Module: the LightningModule that trains and evaluates an MM15Model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+from transformers import PreTrainedTokenizerBase
+
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.chat import IGNORE_INDEX
+from mm15_components.language.tokenizer import IMAGE_TOKEN
+from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
+from mm15_components.model import MM15Model
+
+COMPONENTS = ("vision", "connector", "language")
+
+
+class MM15Module(L.LightningModule):
+    """Next-token training on answer tokens, greedy-decoding evaluation, FSDP2 sharding.
+
+    Args:
+        model: the multimodal model.
+        tokenizer: the data's tokenizer (linked from ``data.tokenizer`` by the CLI); the
+            model's vocabulary is sized to it.
+        optimizer: optimizer factory (YAML ``class_path``/``init_args``); its ``lr`` is the base.
+        lr_scheduler: scheduler factory, stepped every optimizer step.
+        freeze: components whose weights stay fixed (``vision``, ``connector``, ``language``).
+        lr_multipliers: per-component factors on the base learning rate, e.g.
+            ``{vision: 5.0, connector: 5.0}``.
+        weight_decay: applied to matrices only (not to biases, norms, embeddings of dim < 2).
+        activation_checkpointing: recompute vision-block and decoder-layer activations.
+        codec: the box codec used to read generated answers.
+        max_new_tokens: generation budget of evaluation answers.
+    """
+
+    def __init__(
+        self,
+        model: MM15Model,
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        freeze: list[str] | None = None,
+        lr_multipliers: dict[str, float] | None = None,
+        weight_decay: float = 0.0,
+        activation_checkpointing: bool = False,
+        codec: BoxCodec | None = None,
+        max_new_tokens: int = 24,
+    ) -> None:
+        super().__init__()
+        self.freeze = list(freeze or [])
+        self.lr_multipliers = dict(lr_multipliers or {})
+        for name in [*self.freeze, *self.lr_multipliers]:
+            if name not in COMPONENTS:
+                raise ValueError(f"unknown component {name!r} in freeze/lr_multipliers; "
+                                 f"choose from {COMPONENTS}")
+        self.model = model
+        self.tokenizer = tokenizer
+        model.set_vocabulary(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        for name in self.freeze:
+            getattr(model, name).requires_grad_(False)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.weight_decay = weight_decay
+        self.activation_checkpointing = activation_checkpointing
+        self.codec = codec or BoxCodec()
+        self.max_new_tokens = max_new_tokens
+        self.val_loss = MeanMetric()
+        self.val_grounding_acc = GroundingAccuracy(0.5)
+        self.val_grounding_acc_const = GroundingAccuracy(0.5)
+        self.val_mean_iou = MeanIoU()
+
+    # ---- training -------------------------------------------------------------------------
+    def answer_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over answer tokens, and their count."""
+        logits = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        labels = batch["labels"][:, 1:]
+        loss_sum = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        return loss_sum, (labels != IGNORE_INDEX).sum()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss_sum, count = self.answer_loss(batch)
+        # Normalise by the answer tokens of the whole global batch, so the gradient (averaged
+        # over ranks) equals a single-process run on that batch however tokens are split.
+        global_count = self.all_gather(count).sum().clamp(min=1)
+        world = self.trainer.world_size
+        loss = loss_sum * world / global_count
+        global_loss = self.all_gather(loss_sum.detach()).sum() / global_count
+        self.log("train/loss", global_loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss_sum, count = self.answer_loss(batch)
+        self.val_loss.update(loss_sum / count.clamp(min=1), weight=count)
+        grounding = torch.isfinite(batch["target_boxes"]).all(-1)
+        if grounding.any():
+            self.evaluate_grounding(batch, grounding)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def evaluate_grounding(self, batch: dict[str, Any], rows: torch.Tensor) -> None:
+        """Greedy answers for grounding samples, scored by IoU against the target box."""
+        images_per_row = self._images_per_row(batch)
+        keep_images = torch.repeat_interleave(rows, images_per_row)
+        answers = self.generate(
+            batch["prompt_ids"][rows], batch["prompt_mask"][rows], batch["pixel_values"][keep_images]
+        )
+        sizes = batch["image_sizes"][rows].tolist()
+        predicted = first_boxes(
+            [self.codec.decode(a, image_size=tuple(hw)) for a, hw in zip(answers, sizes, strict=True)]
+        )
+        targets = batch["target_boxes"][rows]
+        self.val_grounding_acc.update(predicted, targets)
+        self.val_mean_iou.update(predicted, targets)
+        self.log("val/grounding_acc", self.val_grounding_acc, prog_bar=True)
+        self.log("val/mean_iou", self.val_mean_iou)
+        baseline = batch["baseline_boxes"][rows]
+        if torch.isfinite(baseline).all():
+            self.val_grounding_acc_const.update(baseline, targets)
+            self.log("val/grounding_acc_const", self.val_grounding_acc_const)
+
+    def _images_per_row(self, batch: dict[str, Any]) -> torch.Tensor:
+        slots = (batch["input_ids"] == self.model.image_token_id).sum(1)
+        return slots // self.model.tokens_per_image
+
+    def generate(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> list[str]:
+        """Greedy answers to left-padded prompts, as text."""
+        new_tokens = self.model.generate(
+            prompt_ids, prompt_mask, pixel_values, max_new_tokens=self.max_new_tokens,
+            do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    # ---- optimisation and scale -----------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        groups = []
+        for name in COMPONENTS:
+            if name in self.freeze:
+                continue
+            params = [p for p in getattr(self.model, name).parameters() if p.requires_grad]
+            scale = self.lr_multipliers.get(name, 1.0)
+            for decay in (True, False):
+                chosen = [p for p in params if (p.ndim >= 2) == decay]
+                if chosen:
+                    groups.append({"params": chosen, "lr_scale": scale,
+                                   "weight_decay": self.weight_decay if decay else 0.0})
+        optimizer = self.optimizer(groups)
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Activation checkpointing, then FSDP2 under ``ModelParallelStrategy``: one shard unit
+        per vision block, per decoder layer and per component; embeddings and the LM head stay
+        in the root unit, which gathers at ``MM15Model.forward`` and ``generate``."""
+        if self.activation_checkpointing:
+            self.model.vision.visual.set_grad_checkpointing(True)
+            self.model.language.model.gradient_checkpointing_enable({"use_reentrant": False})
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = self.device_mesh["data_parallel"]
+        for block in self.model.vision.blocks:
+            fully_shard(block, mesh=mesh)
+        for layer in self.model.language.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self.model.connector, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        register_fsdp_forward_method(self.model, "generate")

@@ -1,0 +1,3 @@
+from mm15_components.vision.encoder import OpenCLIPVisionEncoder
+
+__all__ = ["OpenCLIPVisionEncoder"]

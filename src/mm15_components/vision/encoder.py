@@ -1,0 +1,123 @@
+"""open_clip ViT as a patch-feature encoder for image tiles."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Small configs shipped with the package (the quickstart's tiny ViT) join open_clip's registry.
+open_clip.add_model_config(Path(__file__).resolve().parent.parent / "model_configs")
+
+CLIP_MEAN = open_clip.OPENAI_DATASET_MEAN
+CLIP_STD = open_clip.OPENAI_DATASET_STD
+
+
+class OpenCLIPVisionEncoder(nn.Module):
+    """The image tower of any open_clip ViT, returning the patch tokens of one layer.
+
+    Args:
+        model_name: an open_clip model name (``open_clip.list_models()``), e.g.
+            ``ViT-H-14-378-quickgelu`` (MM1.5's DFN encoder) or ``mm15-tiny-vit``.
+        pretrained: an open_clip pretrained tag (``dfn5b``), a local checkpoint path, or None
+            for random weights.
+        image_size: input size in pixels if it differs from the model's native size; the
+            position embedding is interpolated (bicubic) to the new patch grid.
+        feature_layer: which transformer block's output to return (negative counts from the
+            end). Later blocks are dropped, so every parameter receives a gradient.
+        grad_checkpointing: recompute block activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "ViT-H-14-378-quickgelu",
+        pretrained: str | None = None,
+        image_size: int | None = None,
+        feature_layer: int = -1,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if open_clip.get_model_config(model_name) is None:
+            raise ValueError(
+                f"unknown open_clip model {model_name!r}; "
+                f"known ViTs include {sorted(m for m in open_clip.list_models() if 'ViT' in m)[:8]}..."
+            )
+        clip = open_clip.create_model(model_name, pretrained=pretrained)
+        visual = clip.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise ValueError(f"{model_name!r} has no ViT image tower ({type(visual).__name__})")
+        num_blocks = len(visual.transformer.resblocks)
+        layer = feature_layer % num_blocks if -num_blocks <= feature_layer < num_blocks else None
+        if layer is None:
+            raise ValueError(f"feature_layer={feature_layer} out of range for {num_blocks} blocks")
+        visual.prune_intermediate_layers([layer], prune_norm=True, prune_head=True)
+        visual.set_grad_checkpointing(grad_checkpointing)
+        self.visual = visual
+        self.model_name = model_name
+        if image_size is not None and image_size != self.image_size:
+            self.resize_position_embedding(image_size)
+
+    @property
+    def width(self) -> int:
+        """Channels of each patch feature."""
+        return self.visual.transformer.width
+
+    @property
+    def patch_size(self) -> int:
+        return self.visual.patch_size[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.image_size[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and row of one input image."""
+        return tuple(self.visual.grid_size)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks (the units FSDP shards)."""
+        return self.visual.transformer.resblocks
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.visual.image_mean or CLIP_MEAN)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.visual.image_std or CLIP_STD)
+
+    def resize_position_embedding(self, image_size: int) -> None:
+        """Interpolate the position embedding to ``image_size`` (a multiple of the patch size)."""
+        if image_size <= 0 or image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={image_size} must be a positive multiple of the patch size "
+                f"{self.patch_size} of {self.model_name}"
+            )
+        pos = self.visual.positional_embedding.data
+        cls_pos, grid_pos = pos[:1], pos[1:]
+        old = int(math.isqrt(grid_pos.shape[0]))
+        new = image_size // self.patch_size
+        grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos.float(), size=(new, new), mode="bicubic", align_corners=False)
+        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)
+        self.visual.positional_embedding = nn.Parameter(torch.cat([cls_pos, grid_pos]))
+        self.visual.grid_size = (new, new)
+        self.visual.image_size = (image_size, image_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` normalised images -> ``[N, patches, width]`` patch features."""
+        if images.ndim != 4 or tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"expected images [N, 3, {self.image_size}, {self.image_size}], "
+                f"got {tuple(images.shape)}"
+            )
+        out = self.visual.forward_intermediates(
+            images, indices=1, intermediates_only=True, output_fmt="NLC"
+        )
+        return out["image_intermediates"][0]
