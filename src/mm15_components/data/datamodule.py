@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
@@ -67,7 +67,10 @@ class SyntheticDataModule(L.LightningDataModule):
         self.codec = BoxCodec(bins=bins)
         tasks = tasks or {"grounding": 0.75, "text": 0.25}
         make = partial(
-            SyntheticDataset, image_size=image_size, tasks=tasks, encode_box=self._encode_box,
+            SyntheticDataset,
+            image_size=image_size,
+            tasks=tasks,
+            encode_box=self._encode_box,
             seed=seed,
         )
         self.train_samples = make(train_samples, split="train")
@@ -78,26 +81,41 @@ class SyntheticDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.shuffle = shuffle
+        self.seed = seed
 
     def _encode_box(self, box, image_size):
         return self.codec.encode(box, image_size=image_size)
 
     def _encoder(self, baseline_box=None) -> SampleEncoder:
         return SampleEncoder(
-            self.tokenizer, self.image_size, self.image_tokens, self.mean, self.std,
+            self.tokenizer,
+            self.image_size,
+            self.image_tokens,
+            self.mean,
+            self.std,
             baseline_box=baseline_box,
         )
 
     def setup(self, stage: str) -> None:
         self.train_set = EncodedDataset(self.train_samples, self._encoder())
-        baseline = self.train_samples.mean_target_box() if "grounding" in self.train_samples.task_names else None
+        baseline = (
+            self.train_samples.mean_target_box()
+            if "grounding" in self.train_samples.task_names
+            else None
+        )
         self.val_set = EncodedDataset(self.val_samples, self._encoder(baseline))
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        # Our own sampler under several ranks: Lightning's would always shuffle training data.
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            ranks = self.trainer.strategy.distributed_sampler_kwargs
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, **ranks)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
             persistent_workers=self.num_workers > 0,

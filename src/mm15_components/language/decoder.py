@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 
 class CausalLM(nn.Module):
@@ -14,8 +14,9 @@ class CausalLM(nn.Module):
 
     Args:
         pretrained: hub name or local directory for ``AutoModelForCausalLM.from_pretrained``.
-        config: a config dict with ``model_type`` (e.g. a tiny Llama) for random weights.
-            Give exactly one of ``pretrained`` and ``config``.
+        config: random weights from a config: a dict with ``model_type`` (e.g. a tiny Llama),
+            or the hub name / directory of a config. Give exactly one of ``pretrained`` and
+            ``config``.
         dtype: parameter dtype, e.g. ``"bfloat16"``; None keeps the checkpoint's or fp32.
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ...).
         grad_checkpointing: recompute decoder-layer activations in backward.
@@ -24,7 +25,7 @@ class CausalLM(nn.Module):
     def __init__(
         self,
         pretrained: str | None = None,
-        config: dict[str, Any] | None = None,
+        config: dict[str, Any] | str | None = None,
         dtype: str | None = None,
         attn_implementation: str = "sdpa",
         grad_checkpointing: bool = False,
@@ -41,16 +42,21 @@ class CausalLM(nn.Module):
             except (OSError, ValueError) as error:
                 raise ValueError(f"cannot load language model {pretrained!r}: {error}") from error
         else:
-            config = dict(config)
-            model_type = config.pop("model_type", None)
-            try:
-                hf_config = AutoConfig.for_model(model_type, **config)
-            except (KeyError, ValueError) as error:
-                raise ValueError(f"bad language model config (model_type={model_type!r}): {error}") from error
+            hf_config = self._load_config(config)
             hf_config._attn_implementation = attn_implementation
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
         if grad_checkpointing:
             self.model.gradient_checkpointing_enable({"use_reentrant": False})
+
+    @staticmethod
+    def _load_config(config: dict[str, Any] | str) -> PretrainedConfig:
+        try:
+            if isinstance(config, str):
+                return AutoConfig.from_pretrained(config)
+            config = dict(config)
+            return AutoConfig.for_model(config.pop("model_type", None), **config)
+        except (KeyError, OSError, ValueError) as error:
+            raise ValueError(f"bad language model config {config!r}: {error}") from error
 
     @property
     def hidden_size(self) -> int:
@@ -63,8 +69,9 @@ class CausalLM(nn.Module):
         return [m for m in self.model.modules() if type(m).__name__ in names]
 
     def resize_vocab(self, vocab_size: int) -> None:
-        """Grow the embeddings (and tied head) to a tokenizer with added tokens."""
-        if self.model.get_input_embeddings().num_embeddings != vocab_size:
+        """Grow the embeddings (and tied head) to a tokenizer with added tokens. Never shrinks:
+        checkpoints often pad their vocabulary beyond the tokenizer's."""
+        if self.model.get_input_embeddings().num_embeddings < vocab_size:
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,10 @@ def build_word_tokenizer(words: Iterable[str], numbers: int = 1000) -> PreTraine
     )
     core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
         eos_token="</s>",
     )
     return add_image_token(tokenizer)

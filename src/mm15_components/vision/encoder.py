@@ -42,11 +42,10 @@ class OpenCLIPVisionEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if open_clip.get_model_config(model_name) is None:
-            raise ValueError(
-                f"unknown open_clip model {model_name!r}; "
-                f"known ViTs include {sorted(m for m in open_clip.list_models() if 'ViT' in m)[:8]}..."
-            )
-        clip = open_clip.create_model(model_name, pretrained=pretrained)
+            raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        # Build on the current default device, so `with torch.device("meta"):` works.
+        device = torch.get_default_device()
+        clip = open_clip.create_model(model_name, pretrained=pretrained, device=device)
         visual = clip.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise ValueError(f"{model_name!r} has no ViT image tower ({type(visual).__name__})")
@@ -104,7 +103,9 @@ class OpenCLIPVisionEncoder(nn.Module):
         old = int(math.isqrt(grid_pos.shape[0]))
         new = image_size // self.patch_size
         grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos.float(), size=(new, new), mode="bicubic", align_corners=False)
+        grid_pos = F.interpolate(
+            grid_pos.float(), size=(new, new), mode="bicubic", align_corners=False
+        )
         grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)
         self.visual.positional_embedding = nn.Parameter(torch.cat([cls_pos, grid_pos]))
         self.visual.grid_size = (new, new)
