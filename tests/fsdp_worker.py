@@ -9,10 +9,9 @@ import sys
 
 import lightning as L
 import torch
+from helpers import tiny_model
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
-
-from helpers import tiny_model
 
 from mm15_components import MM15Module
 from mm15_components.data import SyntheticDataModule
@@ -30,16 +29,26 @@ def main(out: str, devices: int, batch_size: int) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
     data = SyntheticDataModule(batch_size=batch_size, val_samples=8, shuffle=False)
-    module = MM15Module(tiny_model(), data.tokenizer, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    module = MM15Module(
+        tiny_model(), data.tokenizer, optimizer=lambda p: torch.optim.SGD(p, lr=0.5)
+    )
     strategy = (
         ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-        if devices > 1 else "auto"
+        if devices > 1
+        else "auto"
     )
     recorder = LossRecorder()
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=3, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-        callbacks=[recorder], enable_model_summary=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+        enable_model_summary=False,
     )
     trainer.fit(module, data)
     if trainer.global_rank == 0:

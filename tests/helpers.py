@@ -6,8 +6,13 @@ from mm15_components.language import CausalLM, build_word_tokenizer
 from mm15_components.vision import OpenCLIPVisionEncoder
 
 TINY_LLAMA = dict(
-    model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
     tie_word_embeddings=True,
 )
 

@@ -20,10 +20,34 @@ def test_template_tokens_and_answer_only_labels(tokenizer):
     enc = ChatTemplate().encode(tokenizer, turns, [3])
     tokens = tokenizer.convert_ids_to_tokens(enc.input_ids)
     assert tokens == [
-        "User", ":", *[IMAGE_TOKEN] * 3, "Where", "is", "it", "?",
-        "Assistant", ":", "here", "</s>",
-        "User", ":", "and", "it", "?",
-        "Assistant", ":", "[", "1", ",", "2", ",", "3", ",", "4", "]", "</s>",
+        "User",
+        ":",
+        *[IMAGE_TOKEN] * 3,
+        "Where",
+        "is",
+        "it",
+        "?",
+        "Assistant",
+        ":",
+        "here",
+        "</s>",
+        "User",
+        ":",
+        "and",
+        "it",
+        "?",
+        "Assistant",
+        ":",
+        "[",
+        "1",
+        ",",
+        "2",
+        ",",
+        "3",
+        ",",
+        "4",
+        "]",
+        "</s>",
     ]
     answered = [t for t, label in zip(tokens, enc.labels, strict=True) if label != IGNORE_INDEX]
     assert answered == ["here", "</s>", "[", "1", ",", "2", ",", "3", ",", "4", "]", "</s>"]
@@ -36,7 +60,9 @@ def test_template_tokens_and_answer_only_labels(tokenizer):
 
 def test_placeholder_count_must_match_images(tokenizer):
     turns = [Turn("user", f"{IMAGE_TOKEN} {IMAGE_TOKEN} Where?"), Turn("assistant", "here")]
-    with pytest.raises(ValueError, match=r"s7: the text has 2 <image> placeholder\(s\) but the sample has 1"):
+    with pytest.raises(
+        ValueError, match=r"s7: the text has 2 <image> placeholder\(s\) but the sample has 1"
+    ):
         ChatTemplate().encode(tokenizer, turns, [4], where="s7")
 
 

@@ -13,8 +13,12 @@ TINY = [r for r in RECIPES if "pretrained" not in r.read_text()]
 
 
 def test_help_and_module_entry_point():
-    out = subprocess.run([sys.executable, "-m", "mm15_components", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mm15_components", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for command in ("fit", "validate", "test", "predict"):
         assert command in out
 
@@ -30,14 +34,31 @@ def test_every_recipe_parses(recipe, capsys):
 
 @pytest.mark.parametrize("recipe", TINY, ids=lambda p: p.name)
 def test_tiny_recipes_run_one_step(recipe, tmp_path):
-    main(["fit", "--config", str(recipe), "--trainer.fast_dev_run=1",
-          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.init_args.num_workers=0",
+        ]
+    )
 
 
 def test_config_is_saved_with_each_run(tmp_path):
-    main(["fit", "--config", str(QUICKSTART), "--trainer.max_steps=1",
-          "--trainer.log_every_n_steps=1", "--data.init_args.num_workers=0",
-          "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(QUICKSTART),
+            "--trainer.max_steps=1",
+            "--trainer.log_every_n_steps=1",
+            "--data.init_args.num_workers=0",
+            "--trainer.logger=CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path}",
+        ]
+    )
     saved = list(tmp_path.rglob("config.yaml"))
     assert saved, "no config.yaml written"
     config = yaml.safe_load(saved[0].read_text())

@@ -10,7 +10,10 @@ def run_worker(tmp_path: Path, devices: int, batch_size: int) -> list[float]:
     out = tmp_path / f"losses_{devices}.json"
     subprocess.run(
         [sys.executable, str(WORKER), str(out), str(devices), str(batch_size)],
-        check=True, cwd=tmp_path, timeout=300, capture_output=True,
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+        capture_output=True,
     )
     return json.loads(out.read_text())
 

@@ -12,7 +12,9 @@ from mm15_components.vision import OpenCLIPVisionEncoder
 
 def test_language_model_from_a_local_directory(tmp_path):
     config = dict(TINY_LLAMA)
-    reference = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    reference = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(config.pop("model_type"), **config)
+    )
     reference.save_pretrained(tmp_path)
     loaded = CausalLM(pretrained=str(tmp_path))
     ids = torch.randint(0, reference.config.vocab_size, (2, 9))

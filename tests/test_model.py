@@ -72,11 +72,17 @@ def test_batched_generation_equals_naive_greedy_per_sample(module):
     pixels = torch.randn(2, 3, 64, 64)
     module.max_new_tokens = 6
     new = module.model.generate(
-        ids, mask, pixels, max_new_tokens=6, do_sample=False,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        ids,
+        mask,
+        pixels,
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     for row, prompt in enumerate(prompts):
-        expected = naive_greedy(module.model, torch.tensor(prompt), pixels[row : row + 1], 6,
-                                tok.eos_token_id)
+        expected = naive_greedy(
+            module.model, torch.tensor(prompt), pixels[row : row + 1], 6, tok.eos_token_id
+        )
         got = new[row].tolist()[: len(expected)]
         assert got == expected

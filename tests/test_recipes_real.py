@@ -13,15 +13,24 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 # Public architecture of the LLMs the recipes name (their config.json on the hub), and the
 # parameter counts their model cards publish.
 QWEN25 = {
-    "Qwen/Qwen2.5-1.5B": (dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                               num_attention_heads=12), 1.54e9),
-    "Qwen/Qwen2.5-3B": (dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                             num_attention_heads=16), 3.09e9),
+    "Qwen/Qwen2.5-1.5B": (
+        dict(
+            hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12
+        ),
+        1.54e9,
+    ),
+    "Qwen/Qwen2.5-3B": (
+        dict(
+            hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16
+        ),
+        3.09e9,
+    ),
 }
 
 
-def qwen2_parameters(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
-                     kv_heads=2, vocab=151936):
+def qwen2_parameters(
+    hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, kv_heads=2, vocab=151936
+):
     head_dim = hidden_size // num_attention_heads
     kv = kv_heads * head_dim
     attention = hidden_size * hidden_size + hidden_size + 2 * (hidden_size * kv + kv)
@@ -42,8 +51,13 @@ def test_full_size_recipe_on_meta_device(name):
     # no download: random weights from the published architecture instead of the checkpoint
     vision.pop("pretrained")
     language.pop("pretrained")
-    language["config"] = dict(model_type="qwen2", num_key_value_heads=2, vocab_size=151936,
-                              tie_word_embeddings=True, **arch)
+    language["config"] = dict(
+        model_type="qwen2",
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        **arch,
+    )
     parser = ArgumentParser()
     parser.add_argument("--model", type=MM15Model)
     with torch.device("meta"):

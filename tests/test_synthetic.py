@@ -30,7 +30,7 @@ def test_target_box_is_the_tight_box_of_the_drawn_shape():
         shapes = sample_shapes(rng, 64)
         pixels = np.asarray(draw_shapes(rng, shapes, 64)).astype(int)
         for shape in shapes:
-            same = (np.abs(pixels - COLOURS[shape.colour]).sum(-1) == 0)
+            same = np.abs(pixels - COLOURS[shape.colour]).sum(-1) == 0
             others = [s for s in shapes if s.colour == shape.colour and s is not shape]
             if others:
                 continue

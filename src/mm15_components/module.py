@@ -56,8 +56,9 @@ class MM15Module(L.LightningModule):
         self.lr_multipliers = dict(lr_multipliers or {})
         for name in [*self.freeze, *self.lr_multipliers]:
             if name not in COMPONENTS:
-                raise ValueError(f"unknown component {name!r} in freeze/lr_multipliers; "
-                                 f"choose from {COMPONENTS}")
+                raise ValueError(
+                    f"unknown component {name!r} in freeze/lr_multipliers; choose from {COMPONENTS}"
+                )
         self.model = model
         self.tokenizer = tokenizer
         model.set_vocabulary(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
@@ -80,8 +81,10 @@ class MM15Module(L.LightningModule):
         logits = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
         labels = batch["labels"][:, 1:]
         loss_sum = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-            ignore_index=IGNORE_INDEX, reduction="sum",
+            logits[:, :-1].flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
         return loss_sum, (labels != IGNORE_INDEX).sum()
 
@@ -110,11 +113,16 @@ class MM15Module(L.LightningModule):
         images_per_row = self._images_per_row(batch)
         keep_images = torch.repeat_interleave(rows, images_per_row)
         answers = self.generate(
-            batch["prompt_ids"][rows], batch["prompt_mask"][rows], batch["pixel_values"][keep_images]
+            batch["prompt_ids"][rows],
+            batch["prompt_mask"][rows],
+            batch["pixel_values"][keep_images],
         )
         sizes = batch["image_sizes"][rows].tolist()
         predicted = first_boxes(
-            [self.codec.decode(a, image_size=tuple(hw)) for a, hw in zip(answers, sizes, strict=True)]
+            [
+                self.codec.decode(a, image_size=tuple(hw))
+                for a, hw in zip(answers, sizes, strict=True)
+            ]
         )
         targets = batch["target_boxes"][rows]
         self.val_grounding_acc.update(predicted, targets)
@@ -135,8 +143,12 @@ class MM15Module(L.LightningModule):
     ) -> list[str]:
         """Greedy answers to left-padded prompts, as text."""
         new_tokens = self.model.generate(
-            prompt_ids, prompt_mask, pixel_values, max_new_tokens=self.max_new_tokens,
-            do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            prompt_ids,
+            prompt_mask,
+            pixel_values,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -152,15 +164,23 @@ class MM15Module(L.LightningModule):
             for decay in (True, False):
                 chosen = [p for p in params if (p.ndim >= 2) == decay]
                 if chosen:
-                    groups.append({"params": chosen, "lr_scale": scale,
-                                   "weight_decay": self.weight_decay if decay else 0.0})
+                    groups.append(
+                        {
+                            "params": chosen,
+                            "lr_scale": scale,
+                            "weight_decay": self.weight_decay if decay else 0.0,
+                        }
+                    )
         optimizer = self.optimizer(groups)
         for group in optimizer.param_groups:
             group["lr"] *= group["lr_scale"]
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self.lr_scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def configure_model(self) -> None:
         """Activation checkpointing, then FSDP2 under ``ModelParallelStrategy``: one shard unit

@@ -32,6 +32,8 @@ class WarmupCosineLR(LambdaLR):
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        progress = min(
+            1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        )
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine

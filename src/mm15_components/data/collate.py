@@ -60,7 +60,9 @@ class SampleEncoder:
             "input_ids": torch.tensor(encoded.input_ids),
             "labels": torch.tensor(encoded.labels),
             "prompt_length": encoded.prompt_length,
-            "pixel_values": torch.stack(pixels) if pixels else torch.zeros(0, 3, self.image_size, self.image_size),
+            "pixel_values": torch.stack(pixels)
+            if pixels
+            else torch.zeros(0, 3, self.image_size, self.image_size),
             "target_box": torch.full((4,), float("nan")),
             "baseline_box": torch.full((4,), float("nan")),
             "image_size": torch.tensor(sample.images[0].size[::-1] if sample.images else (0, 0)),
@@ -89,8 +91,8 @@ def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         input_ids[row, :n] = it["input_ids"]
         labels[row, :n] = it["labels"]
         attention_mask[row, :n] = 1
-        prompt_ids[row, prompt_length - p:] = it["input_ids"][:p]
-        prompt_mask[row, prompt_length - p:] = 1
+        prompt_ids[row, prompt_length - p :] = it["input_ids"][:p]
+        prompt_mask[row, prompt_length - p :] = 1
     return {
         "ids": [it["id"] for it in items],
         "input_ids": input_ids,

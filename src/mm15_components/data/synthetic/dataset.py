@@ -66,8 +66,11 @@ class SyntheticDataset(Dataset):
     def mean_target_box(self, limit: int = 2000) -> Box:
         """Mean target box of the first ``limit`` grounding samples, as fractions of the image:
         the best constant answer, a baseline a model must beat to show it looks at images."""
-        boxes = [s.target_box for s in map(self.__getitem__, range(min(limit, len(self))))
-                 if s.target_box is not None]
+        boxes = [
+            s.target_box
+            for s in map(self.__getitem__, range(min(limit, len(self))))
+            if s.target_box is not None
+        ]
         if not boxes:
             raise ValueError("the dataset has no grounding samples")
         return tuple(float(v) for v in np.mean(boxes, axis=0) / self.image_size)

@@ -81,7 +81,7 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
 
 
 def grounding_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
-    """"Where is the red circle?" -> the box of that shape, written by ``encode_box``."""
+    """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``."""
     shapes = sample_shapes(rng, size)
     image = draw_shapes(rng, shapes, size)
     target = shapes[int(rng.integers(len(shapes)))]

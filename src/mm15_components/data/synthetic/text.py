@@ -25,7 +25,9 @@ def text_sample(rng: np.random.Generator, size: int) -> Sample:
     width, height = right - left + 4, bottom - top + 4
     x = int(rng.integers(0, max(1, size - width)))
     y = int(rng.integers(0, max(1, size - height)))
-    draw.rectangle((x, y, x + width, y + height), fill=tuple(int(v) for v in rng.integers(180, 256, 3)))
+    draw.rectangle(
+        (x, y, x + width, y + height), fill=tuple(int(v) for v in rng.integers(180, 256, 3))
+    )
     draw.text((x + 2 - left, y + 2 - top), word, fill=(0, 0, 0), font=font)
     turns = [Turn("user", f"<image>\n{QUESTION}"), Turn("assistant", word)]
     return Sample(turns=turns, images=[image])
