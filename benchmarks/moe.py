@@ -1,0 +1,127 @@
+"""MoE layer forward+backward, side by side with transformers' OLMoE block and a dense MLP.
+
+Compares, in one process and interleaved round by round (medians, so a noisy shared machine
+hurts every contender alike):
+
+* ``ours``: ``MoEFeedForward(backend=...)`` loaded from the OLMoE block (same weights), and
+  ``ours_grouped_mm``: the same with ``backend="grouped_mm"`` (one GEMM per expert, no padding);
+* ``hf_eager`` / ``hf_grouped_mm``: the transformers OLMoE block with
+  ``config._experts_implementation`` set to "eager" / "grouped_mm";
+* ``dense``: a SwiGLU MLP of the expert width over ``tokens * top_k`` rows, i.e. the same
+  active FLOPs as the experts; ``dense / ours`` is the fraction of dense speed reached.
+
+Run: ``python benchmarks/moe.py`` (defaults: 4096 tokens, hidden 512, expert width 512,
+64 experts, top-2, fp32, 2 threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import OlmoeConfig
+from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
+
+from mm15_components.moe.layer import MoEFeedForward, SwiGLUMLP
+
+
+def _step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        for parameter in module.parameters():
+            parameter.grad = None
+        x.grad = None
+        module(x).backward(grad)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--eager-rounds", type=int, default=3, help="the eager loop is slow")
+    parser.add_argument("--backend", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    config = OlmoeConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.width,
+        num_experts=args.experts,
+        num_experts_per_tok=args.top_k,
+        norm_topk_prob=True,
+    )
+    block = OlmoeSparseMoeBlock(config)
+    for parameter in block.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    ours = MoEFeedForward.from_hf(block, backend=args.backend)
+    ours_grouped = MoEFeedForward.from_hf(block, backend="grouped_mm")
+    dense = SwiGLUMLP(args.hidden, args.width)
+
+    x = torch.randn(1, args.tokens, args.hidden, requires_grad=True)
+    grad = torch.randn(1, args.tokens, args.hidden)
+    dense_x = torch.randn(args.tokens * args.top_k, args.hidden, requires_grad=True)
+    dense_grad = torch.randn(args.tokens * args.top_k, args.hidden)
+
+    def hf(implementation: str) -> Callable[[], None]:
+        run = _step(block, x, grad)
+
+        def with_implementation() -> None:
+            block.experts.config._experts_implementation = implementation
+            run()
+
+        return with_implementation
+
+    with torch.no_grad():
+        block.experts.config._experts_implementation = "grouped_mm"
+        max_diff = (ours(x) - block(x)).abs().max().item()
+    counts = ours.tokens_per_expert
+    padding = args.experts * int(counts.max()) / int(counts.sum())
+    print(f"max |ours - transformers| on the forward: {max_diff:.2e}")
+    print(f"tokens per expert: min {int(counts.min())}, max {int(counts.max())}; padding to")
+    print(f"the largest expert costs {padding:.2f}x the rows (auto pads up to 1.5x)")
+
+    contenders = {
+        "ours": _step(ours, x, grad),
+        "ours_grouped_mm": _step(ours_grouped, x, grad),
+        "hf_grouped_mm": hf("grouped_mm"),
+        "hf_eager": hf("eager"),
+        "dense": _step(dense, dense_x, dense_grad),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for run in contenders.values():
+        run()  # warm-up
+    for round_index in range(args.rounds):
+        for name, run in contenders.items():
+            if name == "hf_eager" and round_index >= args.eager_rounds:
+                continue
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"tokens={args.tokens} hidden={args.hidden} width={args.width} experts={args.experts} "
+        f"top_k={args.top_k} fp32 threads={args.threads} forward+backward, median of "
+        f"{args.rounds} interleaved rounds ({args.eager_rounds} for hf_eager)"
+    )
+    for name, value in median.items():
+        print(f"  {name:16s} {value:9.1f} ms")
+    print(f"  hf_eager / ours        {median['hf_eager'] / median['ours']:6.2f}x")
+    print(f"  hf_grouped_mm / ours   {median['hf_grouped_mm'] / median['ours']:6.2f}x")
+    ragged = median["ours_grouped_mm"]
+    print(f"  hf_grouped_mm / ours_grouped_mm {median['hf_grouped_mm'] / ragged:6.2f}x")
+    print(f"  dense / ours           {median['dense'] / median['ours']:6.2f} (fraction of dense)")
+
+
+if __name__ == "__main__":
+    main()
