@@ -1,3 +1,4 @@
+from mm15_components.vision.anyres import AnyResSplitter, TileLayout
 from mm15_components.vision.encoder import OpenCLIPVisionEncoder
 
-__all__ = ["OpenCLIPVisionEncoder"]
+__all__ = ["AnyResSplitter", "OpenCLIPVisionEncoder", "TileLayout"]
