@@ -67,3 +67,16 @@ def test_unknown_names_are_reported():
         load_tokenizer("no-such-org/no-such-llm")
     with pytest.raises(ValueError, match="exactly one"):
         CausalLM()
+
+
+def test_vocabulary_fits_the_tokenizer(tmp_path):
+    config = dict(TINY_LLAMA, vocab_size=500)
+    built = CausalLM(config=config)
+    built.resize_vocab(300)  # random weights: exactly the tokenizer's size
+    assert built.model.get_input_embeddings().num_embeddings == 300
+    built.model.save_pretrained(tmp_path)
+    loaded = CausalLM(pretrained=str(tmp_path))
+    loaded.resize_vocab(200)  # a padded pretrained vocabulary is kept
+    assert loaded.model.get_input_embeddings().num_embeddings == 300
+    loaded.resize_vocab(310)  # added tokens grow it
+    assert loaded.model.get_input_embeddings().num_embeddings == 310

@@ -34,6 +34,7 @@ class CausalLM(nn.Module):
         if (pretrained is None) == (config is None):
             raise ValueError("CausalLM needs exactly one of `pretrained` and `config`")
         torch_dtype = getattr(torch, dtype) if dtype else None
+        self.pretrained = pretrained is not None
         if pretrained is not None:
             try:
                 self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
@@ -69,9 +70,11 @@ class CausalLM(nn.Module):
         return [m for m in self.model.modules() if type(m).__name__ in names]
 
     def resize_vocab(self, vocab_size: int) -> None:
-        """Grow the embeddings (and tied head) to a tokenizer with added tokens. Never shrinks:
-        checkpoints often pad their vocabulary beyond the tokenizer's."""
-        if self.model.get_input_embeddings().num_embeddings < vocab_size:
+        """Fit the embeddings (and tied head) to a tokenizer with added tokens. Pretrained
+        vocabularies only grow (checkpoints often pad theirs beyond the tokenizer's); a model
+        built from a config takes the tokenizer's size exactly."""
+        current = self.model.get_input_embeddings().num_embeddings
+        if current < vocab_size or (not self.pretrained and current != vocab_size):
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
