@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -20,7 +22,27 @@ class MM15CLI(LightningCLI):
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
 
 
+def inspect_command(args: list[str]) -> None:
+    """``mm15 inspect IMAGE``: the splitter's plan for one image, and a PNG of its tiles."""
+    from jsonargparse import ArgumentParser
+
+    from mm15_components.vision.anyres import AnyResSplitter
+    from mm15_components.vision.inspect import inspect_image
+
+    parser = ArgumentParser(prog="mm15 inspect", description=inspect_command.__doc__)
+    parser.add_argument("image", type=str, help="image file to plan and split")
+    parser.add_argument("--tokens_per_image", type=int, default=144, help="tokens per tile")
+    parser.add_argument("--output", type=str | None, default=None, help="PNG path")
+    parser.add_class_arguments(AnyResSplitter, skip={"mean", "std", "max_images_to_split"})
+    config = parser.parse_args(args).as_dict()
+    image, tokens, output = (config.pop(k) for k in ("image", "tokens_per_image", "output"))
+    print(inspect_image(image, AnyResSplitter(**config), tokens, output))
+
+
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["inspect"]:
+        return inspect_command(argv[1:])
     MM15CLI(
         MM15Module,
         LightningDataModule,
