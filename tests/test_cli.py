@@ -70,3 +70,16 @@ def test_config_key_typo_is_named(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(QUICKSTART), "--model.init_args.optimzer.lr=1"])
     assert "optimzer" in capsys.readouterr().err
+
+
+def test_inspect_command(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (1000, 600), (200, 30, 30)).save(image)
+    out = tmp_path / "tiles.png"
+    main(["inspect", str(image), "--tile_size", "378", "--output", str(out)])
+    report = capsys.readouterr().out
+    # Eq. 1 by hand: 2x3 is the least-padding grid that covers 1000x600 at scale 567/500
+    assert "2 rows x 3 cols" in report and "1008 (7 x 144)" in report
+    assert Image.open(out).size[0] > 0

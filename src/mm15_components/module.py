@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from mm15_components.grounding.codec import BoxCodec
+from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinusoidal
 from mm15_components.language.chat import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
@@ -34,7 +35,10 @@ class MM15Module(L.LightningModule):
             ``{vision: 5.0, connector: 5.0}``.
         weight_decay: applied to matrices only (not to biases, norms, embeddings of dim < 2).
         activation_checkpointing: recompute vision-block and decoder-layer activations.
-        codec: the box codec used to read generated answers.
+        codec: the box codec used to write and read boxes.
+        coordinate_init: ``sinusoidal`` gives the coordinate tokens (when each bin is one
+            token) embeddings that encode their value, so nearby bins start close; ``default``
+            leaves the LM's own initialisation.
         max_new_tokens: generation budget of evaluation answers.
     """
 
@@ -49,6 +53,7 @@ class MM15Module(L.LightningModule):
         weight_decay: float = 0.0,
         activation_checkpointing: bool = False,
         codec: BoxCodec | None = None,
+        coordinate_init: Literal["default", "sinusoidal"] = "default",
         max_new_tokens: int = 24,
     ) -> None:
         super().__init__()
@@ -69,6 +74,14 @@ class MM15Module(L.LightningModule):
         self.weight_decay = weight_decay
         self.activation_checkpointing = activation_checkpointing
         self.codec = codec or BoxCodec()
+        if coordinate_init == "sinusoidal":
+            token_ids = coordinate_token_ids(tokenizer, self.codec)
+            if token_ids is None:
+                raise ValueError(
+                    "coordinate_init='sinusoidal' needs one token per coordinate value; this "
+                    "tokenizer splits numbers (use codec style 'tokens')"
+                )
+            init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
         self.max_new_tokens = max_new_tokens
         self.val_loss = MeanMetric()
         self.val_grounding_acc = GroundingAccuracy(0.5)
