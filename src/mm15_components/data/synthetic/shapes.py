@@ -87,7 +87,8 @@ def grounding_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     target = shapes[int(rng.integers(len(shapes)))]
     question = QUESTION.format(colour=target.colour, kind=target.kind)
     answer = encode_box(target.box, (size, size))
-    turns = [Turn("user", f"<image>\n{question}"), Turn("assistant", answer)]
+    # Question first: image tokens can then attend to what is asked (causal attention).
+    turns = [Turn("user", f"{question}\n<image>"), Turn("assistant", answer)]
     return Sample(turns=turns, images=[image], target_box=tuple(float(v) for v in target.box))
 
 

@@ -29,7 +29,7 @@ def text_sample(rng: np.random.Generator, size: int) -> Sample:
         (x, y, x + width, y + height), fill=tuple(int(v) for v in rng.integers(180, 256, 3))
     )
     draw.text((x + 2 - left, y + 2 - top), word, fill=(0, 0, 0), font=font)
-    turns = [Turn("user", f"<image>\n{QUESTION}"), Turn("assistant", word)]
+    turns = [Turn("user", f"{QUESTION}\n<image>"), Turn("assistant", word)]
     return Sample(turns=turns, images=[image])
 
 
