@@ -123,8 +123,7 @@ class MM15Module(L.LightningModule):
 
     def evaluate_grounding(self, batch: dict[str, Any], rows: torch.Tensor) -> None:
         """Greedy answers for grounding samples, scored by IoU against the target box."""
-        images_per_row = self._images_per_row(batch)
-        keep_images = torch.repeat_interleave(rows, images_per_row)
+        keep_images = torch.repeat_interleave(rows, batch["images_per_sample"])
         answers = self.generate(
             batch["prompt_ids"][rows],
             batch["prompt_mask"][rows],
@@ -146,10 +145,6 @@ class MM15Module(L.LightningModule):
         if torch.isfinite(baseline).all():
             self.val_grounding_acc_const.update(baseline, targets)
             self.log("val/grounding_acc_const", self.val_grounding_acc_const)
-
-    def _images_per_row(self, batch: dict[str, Any]) -> torch.Tensor:
-        slots = (batch["input_ids"] == self.model.image_token_id).sum(1)
-        return slots // self.model.tokens_per_image
 
     def generate(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor

@@ -99,6 +99,7 @@ def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "labels": labels,
         "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+        "images_per_sample": torch.tensor([len(it["pixel_values"]) for it in items]),
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "target_boxes": torch.stack([it["target_box"] for it in items]),
