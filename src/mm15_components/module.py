@@ -123,7 +123,7 @@ class MM15Module(L.LightningModule):
 
     def evaluate_grounding(self, batch: dict[str, Any], rows: torch.Tensor) -> None:
         """Greedy answers for grounding samples, scored by IoU against the target box."""
-        keep_images = torch.repeat_interleave(rows, batch["images_per_sample"])
+        keep_images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
         answers = self.generate(
             batch["prompt_ids"][rows],
             batch["prompt_mask"][rows],

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.schema import Box, Sample
 from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate
+from mm15_components.vision.anyres import AnyResSplitter
 
 
 def image_to_tensor(
@@ -29,6 +30,8 @@ class SampleEncoder:
     """Turns a ``Sample`` into tensors; runs in DataLoader workers.
 
     Args:
+        splitter: MM1.5's dynamic splitter; each image becomes its tiles (plus overview) and
+            ``image_tokens`` counts per tile. None resizes each image to one square.
         baseline_box: a constant box (fractions of the image) attached to grounding samples as
             ``baseline_box``, so evaluation can score the best constant answer beside the model.
     """
@@ -41,26 +44,39 @@ class SampleEncoder:
         mean: Sequence[float],
         std: Sequence[float],
         template: ChatTemplate | None = None,
+        splitter: AnyResSplitter | None = None,
         baseline_box: Box | None = None,
     ) -> None:
+        if splitter is not None and splitter.tile_size != image_size:
+            raise ValueError(
+                f"the splitter's tile_size ({splitter.tile_size}) must equal the encoder's "
+                f"image_size ({image_size})"
+            )
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.mean, self.std = mean, std
         self.template = template or ChatTemplate()
+        self.splitter = splitter
         self.baseline_box = baseline_box
 
+    def images_to_tiles(self, images: list[Image.Image]) -> tuple[list[torch.Tensor], list[int]]:
+        """Each image's ``[tiles, 3, S, S]`` pixels and its number of image tokens."""
+        if self.splitter is None:
+            pixels = [image_to_tensor(im, self.image_size, self.mean, self.std)[None] for im in images]
+            return pixels, [self.image_tokens] * len(images)
+        split = self.splitter.split_sample(images)
+        return [t for t, _ in split], [layout.num_tokens(self.image_tokens) for _, layout in split]
+
     def __call__(self, sample: Sample) -> dict[str, Any]:
-        encoded = self.template.encode(
-            self.tokenizer, sample.turns, [self.image_tokens] * len(sample.images), where=sample.id
-        )
-        pixels = [image_to_tensor(im, self.image_size, self.mean, self.std) for im in sample.images]
+        pixels, token_counts = self.images_to_tiles(sample.images)
+        encoded = self.template.encode(self.tokenizer, sample.turns, token_counts, where=sample.id)
         item = {
             "id": sample.id,
             "input_ids": torch.tensor(encoded.input_ids),
             "labels": torch.tensor(encoded.labels),
             "prompt_length": encoded.prompt_length,
-            "pixel_values": torch.stack(pixels)
+            "pixel_values": torch.cat(pixels)
             if pixels
             else torch.zeros(0, 3, self.image_size, self.image_size),
             "target_box": torch.full((4,), float("nan")),
@@ -99,7 +115,7 @@ def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         "attention_mask": attention_mask,
         "labels": labels,
         "pixel_values": torch.cat([it["pixel_values"] for it in items]),
-        "images_per_sample": torch.tensor([len(it["pixel_values"]) for it in items]),
+        "tiles_per_sample": torch.tensor([len(it["pixel_values"]) for it in items]),
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "target_boxes": torch.stack([it["target_box"] for it in items]),

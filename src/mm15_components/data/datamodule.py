@@ -11,6 +11,7 @@ from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.tokenizer import build_word_tokenizer, load_tokenizer
+from mm15_components.vision.anyres import AnyResSplitter
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 
@@ -37,7 +38,10 @@ class SyntheticDataModule(L.LightningDataModule):
             the synthetic vocabulary locally (one token per word and per number < ``bins``).
         tasks: task -> sampling weight (``grounding``, ``text``).
         image_size: rendered image side in pixels (also the encoder input size).
-        image_tokens: LLM tokens per image; must equal the model's ``tokens_per_image``.
+        image_tokens: LLM tokens per image (per tile when splitting); must equal the model's
+            ``tokens_per_image``.
+        splitter: split each image into tiles plus an overview (MM1.5's AnyRes); its
+            ``tile_size`` must equal ``image_size``. None: one ``image_size`` square per image.
         bins: coordinate bins of the box codec (Ferret: 1000, values 0..999).
         train_samples / val_samples: split sizes.
         batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample.
@@ -50,6 +54,7 @@ class SyntheticDataModule(L.LightningDataModule):
         tasks: dict[str, float] | None = None,
         image_size: int = 64,
         image_tokens: int = 16,
+        splitter: AnyResSplitter | None = None,
         bins: int = 1000,
         train_samples: int = 100_000,
         val_samples: int = 256,
@@ -77,6 +82,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self.val_samples = make(val_samples, split="val")
         self.image_size = image_size
         self.image_tokens = image_tokens
+        self.splitter = splitter
         self.mean, self.std = mean, std
         self.batch_size = batch_size
         self.num_workers = num_workers
