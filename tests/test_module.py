@@ -20,8 +20,9 @@ def test_validation_scores_decoded_answers_against_target_boxes():
         return ["[0, 0, 999, 999]"] * len(prompt_ids)
 
     module.generate = whole_image_answers
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     metrics = trainer.validate(module, data, verbose=False)[0]
     targets = torch.tensor([s.target_box for s in data.val_samples if s.target_box is not None])
     lo, hi = 0.5 * 64 / 1000, 999.5 * 64 / 1000  # bin centres of 0 and 999
@@ -45,8 +46,12 @@ def test_unknown_component_names_are_rejected():
 def test_freezing_and_learning_rate_groups():
     data = SyntheticDataModule(val_samples=8)
     module = MM15Module(
-        tiny_model(), data.tokenizer, freeze=["vision"], lr_multipliers={"connector": 10.0},
-        optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3), weight_decay=0.1,
+        tiny_model(),
+        data.tokenizer,
+        freeze=["vision"],
+        lr_multipliers={"connector": 10.0},
+        optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3),
+        weight_decay=0.1,
     )
     optimizer = module.configure_optimizers()
     assert not any(p.requires_grad for p in module.model.vision.parameters())

@@ -21,7 +21,11 @@ def test_layout_token_counts_match_model_features(overview):
     module = tiny_module().eval()
     splitter = AnyResSplitter(tile_size=64, min_tiles=1, max_tiles=6, overview=overview)
     encoder = SampleEncoder(
-        module.tokenizer, 64, module.model.tokens_per_image, splitter.mean, splitter.std,
+        module.tokenizer,
+        64,
+        module.model.tokens_per_image,
+        splitter.mean,
+        splitter.std,
         splitter=splitter,
     )
     shapes = [[(40, 200)], [(130, 70), (64, 64)], [(50, 90)] * 3, []]  # 3 images: not split

@@ -63,7 +63,9 @@ class SampleEncoder:
     def images_to_tiles(self, images: list[Image.Image]) -> tuple[list[torch.Tensor], list[int]]:
         """Each image's ``[tiles, 3, S, S]`` pixels and its number of image tokens."""
         if self.splitter is None:
-            pixels = [image_to_tensor(im, self.image_size, self.mean, self.std)[None] for im in images]
+            pixels = [
+                image_to_tensor(im, self.image_size, self.mean, self.std)[None] for im in images
+            ]
             return pixels, [self.image_tokens] * len(images)
         split = self.splitter.split_sample(images)
         return [t for t, _ in split], [layout.num_tokens(self.image_tokens) for _, layout in split]
