@@ -9,6 +9,7 @@ parseable box becomes a NaN row.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -90,8 +91,9 @@ class _MatchedBoxMetric(Metric):
         """The mean score over every sample seen (NaN before the first update)."""
         return (self.score_sum / self.total).float()
 
+    @abstractmethod
     def _score(self, ious: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-sample score from the IoU of each prediction with its target."""
 
 
 class GroundingAccuracy(_MatchedBoxMetric):
