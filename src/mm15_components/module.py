@@ -17,6 +17,7 @@ from mm15_components.language.chat import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
 from mm15_components.model import MM15Model
+from mm15_components.moe.layer import MoEFeedForward
 
 COMPONENTS = ("vision", "connector", "language")
 
@@ -83,6 +84,7 @@ class MM15Module(L.LightningModule):
                 )
             init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
         self.max_new_tokens = max_new_tokens
+        self.moe_layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
         self.val_loss = MeanMetric()
         self.val_grounding_acc = GroundingAccuracy(0.5)
         self.val_grounding_acc_const = GroundingAccuracy(0.5)
@@ -110,7 +112,20 @@ class MM15Module(L.LightningModule):
         loss = loss_sum * world / global_count
         global_loss = self.all_gather(loss_sum.detach()).sum() / global_count
         self.log("train/loss", global_loss, prog_bar=True, batch_size=len(batch["ids"]))
+        if self.moe_layers:
+            loss = loss + self.moe_auxiliary_loss()
         return loss
+
+    def moe_auxiliary_loss(self) -> torch.Tensor:
+        """Weighted balance + z losses of every MoE layer's last forward; logs them and the
+        expert load (max and mean tokens per expert, over layers)."""
+        layers = self.moe_layers
+        self.log("train/moe_balance", torch.stack([m.balance_loss for m in layers]).mean())
+        self.log("train/moe_z", torch.stack([m.z_loss for m in layers]).mean())
+        load = torch.stack([m.tokens_per_expert for m in layers]).float()
+        self.log("train/moe_load_max", load.max(dim=1).values.mean())
+        self.log("train/moe_load_mean", load.mean())
+        return torch.stack([m.aux_loss for m in layers]).sum()
 
     # ---- evaluation -----------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

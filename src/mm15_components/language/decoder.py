@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from mm15_components.moe.convert import convert_to_moe
+
 
 class CausalLM(nn.Module):
     """A decoder-only LLM from transformers, fed with input embeddings.
@@ -20,6 +22,8 @@ class CausalLM(nn.Module):
         dtype: parameter dtype, e.g. ``"bfloat16"``; None keeps the checkpoint's or fp32.
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ...).
         grad_checkpointing: recompute decoder-layer activations in backward.
+        moe: turn the model into a Mixture-of-Experts one: keyword arguments of
+            ``convert_to_moe`` (e.g. ``{every: 2, num_experts: 64, top_k: 2}``, MM1.5-MoE).
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class CausalLM(nn.Module):
         dtype: str | None = None,
         attn_implementation: str = "sdpa",
         grad_checkpointing: bool = False,
+        moe: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (pretrained is None) == (config is None):
@@ -46,6 +51,8 @@ class CausalLM(nn.Module):
             hf_config = self._load_config(config)
             hf_config._attn_implementation = attn_implementation
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+        if moe is not None:
+            convert_to_moe(self.model, **moe)
         if grad_checkpointing:
             self.model.gradient_checkpointing_enable({"use_reentrant": False})
 
