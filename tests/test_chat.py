@@ -17,7 +17,8 @@ def test_template_tokens_and_answer_only_labels(tokenizer):
         Turn("user", "and it?"),
         Turn("assistant", "[1, 2, 3, 4]"),
     ]
-    enc = ChatTemplate().encode(tokenizer, turns, [3])
+    image = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    enc = ChatTemplate().encode(tokenizer, turns, [[image] * 3])
     tokens = tokenizer.convert_ids_to_tokens(enc.input_ids)
     assert tokens == [
         "User",
@@ -63,7 +64,7 @@ def test_placeholder_count_must_match_images(tokenizer):
     with pytest.raises(
         ValueError, match=r"s7: the text has 2 <image> placeholder\(s\) but the sample has 1"
     ):
-        ChatTemplate().encode(tokenizer, turns, [4], where="s7")
+        ChatTemplate().encode(tokenizer, turns, [[7] * 4], where="s7")
 
 
 def test_conversation_needs_a_final_answer(tokenizer):

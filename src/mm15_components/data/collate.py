@@ -12,7 +12,13 @@ from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.schema import Box, Sample
 from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate
-from mm15_components.vision.anyres import AnyResSplitter
+from mm15_components.language.tokenizer import IMAGE_TOKEN
+from mm15_components.vision.anyres import (
+    AnyResSplitter,
+    IndicatorStyle,
+    TileLayout,
+    tile_indicator_text,
+)
 
 
 def image_to_tensor(
@@ -32,6 +38,9 @@ class SampleEncoder:
     Args:
         splitter: MM1.5's dynamic splitter; each image becomes its tiles (plus overview) and
             ``image_tokens`` counts per tile. None resizes each image to one square.
+        tile_indicators: text written before each tile's tokens (MM1.5's position
+            indicators): ``index`` ("<image 1, row 1, col 2>"), ``seps`` ("," between
+            columns, "<n>" between rows, ":" before the overview) or ``none``.
         baseline_box: a constant box (fractions of the image) attached to grounding samples as
             ``baseline_box``, so evaluation can score the best constant answer beside the model.
     """
@@ -45,6 +54,7 @@ class SampleEncoder:
         std: Sequence[float],
         template: ChatTemplate | None = None,
         splitter: AnyResSplitter | None = None,
+        tile_indicators: IndicatorStyle = "none",
         baseline_box: Box | None = None,
     ) -> None:
         if splitter is not None and splitter.tile_size != image_size:
@@ -58,21 +68,36 @@ class SampleEncoder:
         self.mean, self.std = mean, std
         self.template = template or ChatTemplate()
         self.splitter = splitter
+        self.tile_indicators = tile_indicators
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.baseline_box = baseline_box
 
-    def images_to_tiles(self, images: list[Image.Image]) -> tuple[list[torch.Tensor], list[int]]:
-        """Each image's ``[tiles, 3, S, S]`` pixels and its number of image tokens."""
+    def images_to_tiles(
+        self, images: list[Image.Image]
+    ) -> tuple[list[torch.Tensor], list[list[int]]]:
+        """Each image's ``[tiles, 3, S, S]`` pixels and the token ids it becomes."""
         if self.splitter is None:
             pixels = [
                 image_to_tensor(im, self.image_size, self.mean, self.std)[None] for im in images
             ]
-            return pixels, [self.image_tokens] * len(images)
+            return pixels, [[self.image_token_id] * self.image_tokens] * len(images)
         split = self.splitter.split_sample(images)
-        return [t for t, _ in split], [layout.num_tokens(self.image_tokens) for _, layout in split]
+        return [tiles for tiles, _ in split], [
+            self.layout_tokens(layout, index) for index, (_, layout) in enumerate(split)
+        ]
+
+    def layout_tokens(self, layout: TileLayout, image_index: int) -> list[int]:
+        """Indicator text and image tokens of every tile of one image, in emission order."""
+        ids: list[int] = []
+        for text in tile_indicator_text(layout, image_index, self.tile_indicators):
+            if text:
+                ids += self.tokenizer(text, add_special_tokens=False).input_ids
+            ids += [self.image_token_id] * self.image_tokens
+        return ids
 
     def __call__(self, sample: Sample) -> dict[str, Any]:
-        pixels, token_counts = self.images_to_tiles(sample.images)
-        encoded = self.template.encode(self.tokenizer, sample.turns, token_counts, where=sample.id)
+        pixels, image_tokens = self.images_to_tiles(sample.images)
+        encoded = self.template.encode(self.tokenizer, sample.turns, image_tokens, where=sample.id)
         item = {
             "id": sample.id,
             "input_ids": torch.tensor(encoded.input_ids),

@@ -11,7 +11,7 @@ from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.tokenizer import build_word_tokenizer, load_tokenizer
-from mm15_components.vision.anyres import AnyResSplitter
+from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 
@@ -42,6 +42,7 @@ class SyntheticDataModule(L.LightningDataModule):
             ``tokens_per_image``.
         splitter: split each image into tiles plus an overview (MM1.5's AnyRes); its
             ``tile_size`` must equal ``image_size``. None: one ``image_size`` square per image.
+        tile_indicators: text before each tile's tokens: ``none``, ``index`` or ``seps``.
         bins: coordinate bins of the box codec (Ferret: 1000, values 0..999).
         train_samples / val_samples: split sizes.
         batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample.
@@ -55,6 +56,7 @@ class SyntheticDataModule(L.LightningDataModule):
         image_size: int = 64,
         image_tokens: int = 16,
         splitter: AnyResSplitter | None = None,
+        tile_indicators: IndicatorStyle = "none",
         bins: int = 1000,
         train_samples: int = 100_000,
         val_samples: int = 256,
@@ -83,6 +85,7 @@ class SyntheticDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.splitter = splitter
+        self.tile_indicators = tile_indicators
         self.mean, self.std = mean, std
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -99,6 +102,8 @@ class SyntheticDataModule(L.LightningDataModule):
             self.image_tokens,
             self.mean,
             self.std,
+            splitter=self.splitter,
+            tile_indicators=self.tile_indicators,
             baseline_box=baseline_box,
         )
 

@@ -46,11 +46,12 @@ class ChatTemplate:
         self,
         tokenizer: PreTrainedTokenizerBase,
         turns: Sequence[Turn],
-        image_token_counts: Sequence[int],
+        image_tokens: Sequence[Sequence[int]],
         where: str = "sample",
     ) -> EncodedConversation:
-        """Tokenise ``turns`` and expand the k-th ``<image>`` into ``image_token_counts[k]``
-        image tokens. ``where`` names the sample in error messages."""
+        """Tokenise ``turns`` and replace the k-th ``<image>`` by the ids ``image_tokens[k]``
+        (its image tokens, and any tile indicators between them). ``where`` names the sample
+        in error messages."""
         if not turns or turns[-1].role != "assistant":
             raise ValueError(f"{where}: a conversation must end with an assistant turn")
         input_ids: list[int] = []
@@ -78,7 +79,7 @@ class ChatTemplate:
                 labels += [IGNORE_INDEX] * len(sep)
         image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         input_ids, labels, prompt_length = expand_image_tokens(
-            input_ids, labels, prompt_length, image_token_id, image_token_counts, where
+            input_ids, labels, prompt_length, image_token_id, image_tokens, where
         )
         return EncodedConversation(input_ids, labels, prompt_length)
 
@@ -88,25 +89,25 @@ def expand_image_tokens(
     labels: list[int],
     prompt_length: int,
     image_token_id: int,
-    counts: Sequence[int],
+    expansions: Sequence[Sequence[int]],
     where: str = "sample",
 ) -> tuple[list[int], list[int], int]:
-    """Repeat the k-th image token ``counts[k]`` times (labels stay ignored there)."""
+    """Replace the k-th image token by ``expansions[k]`` (labels stay ignored there)."""
     positions = [i for i, t in enumerate(input_ids) if t == image_token_id]
-    if len(positions) != len(counts):
+    if len(positions) != len(expansions):
         raise ValueError(
             f"{where}: the text has {len(positions)} {IMAGE_TOKEN} placeholder(s) "
-            f"but the sample has {len(counts)} image(s)"
+            f"but the sample has {len(expansions)} image(s)"
         )
     out_ids: list[int] = []
     out_labels: list[int] = []
     start = 0
     new_prompt_length = prompt_length
-    for position, count in zip(positions, counts, strict=True):
-        out_ids += input_ids[start:position] + [image_token_id] * count
-        out_labels += labels[start:position] + [IGNORE_INDEX] * count
+    for position, expansion in zip(positions, expansions, strict=True):
+        out_ids += input_ids[start:position] + list(expansion)
+        out_labels += labels[start:position] + [IGNORE_INDEX] * len(expansion)
         if position < prompt_length:
-            new_prompt_length += count - 1
+            new_prompt_length += len(expansion) - 1
         start = position + 1
     out_ids += input_ids[start:]
     out_labels += labels[start:]

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 IMAGE_TOKEN = "<image>"
 """Placeholder for one image in conversation text; expanded to one token per image feature."""
 
-PUNCTUATION = list("[](),.:;?!'\"-/")
+PUNCTUATION = list("[](),.:;?!'\"-/<>")
 
 
 def build_word_tokenizer(words: Iterable[str], numbers: int = 1000) -> PreTrainedTokenizerFast:

@@ -76,6 +76,9 @@ class SyntheticDataset(Dataset):
         return tuple(float(v) for v in np.mean(boxes, axis=0) / self.image_size)
 
 
+TILE_INDICATOR_WORDS = {"image", "row", "col", "overview", "n"}
+
+
 def vocabulary() -> set[str]:
-    """Every word the synthetic tasks write."""
-    return shapes.vocabulary() | text.vocabulary()
+    """Every word the synthetic tasks and the tile position indicators write."""
+    return shapes.vocabulary() | text.vocabulary() | TILE_INDICATOR_WORDS
