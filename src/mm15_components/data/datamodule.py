@@ -77,7 +77,7 @@ class SyntheticDataModule(L.LightningDataModule):
             SyntheticDataset,
             image_size=image_size,
             tasks=tasks,
-            encode_box=self._encode_box,
+            encode_box=self.codec.encode,
             seed=seed,
         )
         self.train_samples = make(train_samples, split="train")
@@ -91,9 +91,6 @@ class SyntheticDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
-
-    def _encode_box(self, box, image_size):
-        return self.codec.encode(box, image_size=image_size)
 
     def _encoder(self, baseline_box=None) -> SampleEncoder:
         return SampleEncoder(
