@@ -1,6 +1,7 @@
 """MoE router and layer: hand-computed losses, transformers parity, backends vs the loop."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -16,10 +17,10 @@ from mm15_components.moe.dispatch import (
     grouped_matmul,
     plan_dispatch,
     reference_experts,
-    row_layout,
 )
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.moe.router import TopKRouter
+from mm15_components.moe.workers import for_each_expert
 
 # Two tokens whose router logits are logs of small integers, so every quantity is a fraction:
 # token 0 probs [4, 2, 1, 1] / 8 -> experts (0, 1); token 1 probs [4, 1, 2, 1] / 8 -> (0, 2).
@@ -173,17 +174,17 @@ def test_grouped_mm_backend_matches_reference_loop(routing, activation, width):
 
 
 @pytest.mark.parametrize("skewed", [False, True])
-@pytest.mark.parametrize("max_padding", [1.0, 1.5, 100.0], ids=["ragged", "auto", "padded"])
-def test_grouped_experts_layouts_match_reference_loop(max_padding, skewed):
+@pytest.mark.parametrize("workers", [0, 1, 3], ids=["grouped_gemm", "per_expert", "threads"])
+def test_grouped_experts_paths_match_reference_loop(workers, skewed):
     num_tokens, top_k, num_experts, hidden, width = 24, 2, 6, 8, 4
     logits = torch.randn(num_tokens, num_experts)
+    logits[:, 1] = -1e4  # expert 1 never chosen: empty
     if skewed:
-        logits[:, 4] += 10.0  # expert 4 gets every token: padding would cost ~3x
+        logits[:, 4] += 10.0  # expert 4 gets every token
     weights, ids = logits.softmax(-1).topk(top_k, dim=-1)
     counts = torch.bincount(ids.flatten(), minlength=num_experts)
+    assert counts[1] == 0
     plan = plan_dispatch(ids, counts)
-    padded = row_layout(weights, plan.order, plan.row_of_pair, plan.offsets, max_padding).capacity
-    assert bool(padded) == (num_experts * int(counts.max()) <= max_padding * num_tokens * top_k)
     leaves = [
         weights.detach(),
         torch.randn(num_tokens, hidden),
@@ -194,7 +195,7 @@ def test_grouped_experts_layouts_match_reference_loop(max_padding, skewed):
     results = []
     for run in (
         lambda w, x, w_in, w_out: reference_experts(x, w, ids, w_in, w_out, "swiglu"),
-        lambda w, x, w_in, w_out: grouped_experts(x, w, plan, w_in, w_out, "swiglu", max_padding),
+        lambda w, x, w_in, w_out: grouped_experts(x, w, plan, w_in, w_out, "swiglu", workers),
     ):
         inputs = [leaf.clone().requires_grad_() for leaf in leaves]
         out = run(*inputs)
@@ -202,6 +203,7 @@ def test_grouped_experts_layouts_match_reference_loop(max_padding, skewed):
         results.append([out] + [leaf.grad for leaf in inputs])
     for want, have in zip(*results, strict=True):
         torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+    assert results[1][3][1].abs().max() == 0  # the empty expert's gradient is exactly zero
 
 
 def test_grouped_matmul_fallback_equals_per_expert_products():
@@ -281,3 +283,32 @@ def test_empty_batch_gives_empty_output_and_zero_losses(backend):
     (out.sum() + moe.aux_loss).backward()
     assert out.shape == (2, 0, 8) and x.grad.shape == (2, 0, 8)
     assert moe.aux_loss.item() == 0.0 and moe.tokens_per_expert.tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_for_each_expert_covers_every_nonempty_expert_once_and_reraises(workers):
+    offsets = [3, 3, 7, 12, 12]  # experts 1 and 4 have no rows
+    seen = []
+    for_each_expert(lambda *job: seen.append(job), offsets, workers)
+    assert sorted(seen) == [(0, 0, 3), (2, 3, 7), (3, 7, 12)]
+
+    def fail(expert, start, end):
+        raise RuntimeError(f"expert {expert}")
+
+    with pytest.raises(RuntimeError, match="expert"):
+        for_each_expert(fail, offsets, workers)
+
+
+def test_worker_threads_leave_the_callers_thread_settings_alone():
+    """Workers run single-threaded; the caller and threads started later keep its setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for_each_expert(lambda *job: None, [1, 2], workers=4)  # first pool of 4 starts here
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == 2 and seen == [2]
+    finally:
+        torch.set_num_threads(before)

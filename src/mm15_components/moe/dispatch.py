@@ -18,41 +18,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .workers import empty_buffer, for_each_expert
+
 Activation = Literal["swiglu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = ("swiglu", "gelu")
 Backend = Literal["auto", "reference", "grouped_mm", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "grouped_mm", "triton")
-# "auto" off-GPU pads experts into one batched GEMM while that costs at most 1.5x the rows.
-AUTO_MAX_PADDING = 1.5
+# ``workers`` value of ``grouped_experts``: one worker per intra-op thread.
+ALL_THREADS = -1
 
 
 class DispatchPlan(NamedTuple):
     """Where each (token, expert) pair goes; computed once per forward on the device.
 
-    ``order[r]`` is the flat pair index ``t * k + j`` of sorted row ``r``, ``row_of_pair`` its
-    inverse, ``offsets[e]`` the end row of expert ``e`` (int32, cumulative counts).
+    ``order[r]`` is the flat pair index ``t * k + j`` of sorted row ``r``; ``offsets[e]`` the
+    end row of expert ``e`` (int32, cumulative counts).
     """
 
     order: Tensor
-    row_of_pair: Tensor
     offsets: Tensor
 
 
 def plan_dispatch(expert_ids: Tensor, tokens_per_expert: Tensor) -> DispatchPlan:
     """Sort the pairs by expert (stable, so rows keep token order) without a host sync."""
     order = expert_ids.reshape(-1).argsort(stable=True)
-    row_of_pair = order.argsort()
     offsets = tokens_per_expert.cumsum(0).to(torch.int32)
-    return DispatchPlan(order, row_of_pair, offsets)
+    return DispatchPlan(order, offsets)
 
 
-def activate(h: Tensor, activation: str, out: Tensor | None = None) -> Tensor:
+def activate(h: Tensor, activation: str) -> Tensor:
     """``silu(gate) * up`` on ``h = [gate | up]`` for swiglu, exact GELU otherwise."""
     if activation == "gelu":
-        return F.gelu(h) if out is None else torch.ops.aten.gelu.out(h, out=out)
+        return F.gelu(h)
     gate, up = h.chunk(2, dim=-1)
-    act = F.silu(gate) if out is None else torch.ops.aten.silu.out(gate, out=out)
-    return act.mul_(up)
+    return F.silu(gate).mul_(up)
 
 
 def activation_backward(h: Tensor, grad_act: Tensor, activation: str) -> Tensor:
@@ -108,81 +107,15 @@ def grouped_matmul(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     return torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends, strict=True)])
 
 
-class RowLayout(NamedTuple):
-    """The expert-sorted rows, ragged (one block per expert) or padded to ``capacity`` each.
-
-    Padding turns the per-expert GEMMs into one batched GEMM, a single parallel region
-    instead of one per expert, which is much faster on CPU (docs/moe.md). Padding rows read
-    token 0 and carry routing weight 0, so they add nothing to any output or gradient.
-    """
-
-    token: Tensor
-    weight: Tensor
-    of_pair: Tensor
-    offsets: Tensor
-    capacity: int
-
-    @property
-    def used_rows(self) -> int:
-        return self.token.shape[0]
+def _sorted_rows(weights: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Token index and routing weight of every expert-sorted row."""
+    return order.div(weights.shape[1], rounding_mode="floor"), weights.reshape(-1)[order]
 
 
-def buffer_rows(num_pairs: int, max_padding: float) -> int:
-    """Static row count of the saved activations: enough for padding up to ``max_padding``."""
-    return max(num_pairs, int(max_padding * num_pairs))
-
-
-def row_layout(
-    weights: Tensor, order: Tensor, row_of_pair: Tensor, offsets: Tensor, max_padding: float
-) -> RowLayout:
-    num_pairs, num_experts = order.shape[0], offsets.shape[0]
-    token = order.div(weights.shape[1], rounding_mode="floor")
-    weight = weights.reshape(-1).index_select(0, order)
-    if max_padding <= 1:
-        return RowLayout(token, weight, row_of_pair, offsets, 0)
-    counts = offsets.diff(prepend=offsets.new_zeros(1))
-    capacity = int(counts.max())  # a host sync: only allowed off-GPU (see resolve_backend)
-    if capacity * num_experts > buffer_rows(num_pairs, max_padding):
-        return RowLayout(token, weight, row_of_pair, offsets, 0)
-    rows = torch.arange(num_pairs, device=order.device)
-    expert = torch.searchsorted(offsets, rows, right=True)
-    padded_row = rows + expert * capacity - (offsets - counts).index_select(0, expert)
-    padded = num_experts * capacity
-    padded_token = token.new_zeros(padded).index_copy_(0, padded_row, token)
-    padded_weight = weight.new_zeros(padded).index_copy_(0, padded_row, weight)
-    of_pair = padded_row.index_select(0, row_of_pair)
-    return RowLayout(padded_token, padded_weight, of_pair, offsets, capacity)
-
-
-def _expert_matmul(a: Tensor, b: Tensor, layout: RowLayout, num_rows: int = 0) -> Tensor:
-    """``a`` rows times their expert's ``b [E, K, N]``, in a buffer of ``num_rows`` rows
-    (default: as many as ``a``; extra rows stay uninitialised)."""
-    used, width = a.shape[0], b.shape[2]
-    if not layout.capacity:
-        result = grouped_matmul(a, b, layout.offsets)
-        if num_rows <= used:
-            return result
-        return torch.cat([result, result.new_empty(num_rows - used, width)])
-    out = a.new_empty(max(num_rows, used), width)
-    batched = (b.shape[0], layout.capacity, -1)
-    torch.bmm(a.view(batched), b, out=out[:used].view(batched))
-    return out
-
-
-def _expert_weight_grad(a: Tensor, b: Tensor, layout: RowLayout) -> Tensor:
-    """``[E, A, B]`` per-expert sums of ``a_row^T b_row`` over the expert's rows."""
-    if layout.capacity:
-        num_experts = layout.offsets.shape[0]
-        batched = (num_experts, layout.capacity, -1)
-        return torch.bmm(a.view(batched).transpose(1, 2), b.view(batched))
-    return grouped_matmul(a.t(), b, layout.offsets)
-
-
-def _combine(rows: Tensor, weights: Tensor, row_of_pair: Tensor) -> Tensor:
-    """``out[t] = sum_j weights[t, j] * rows[row_of_pair[t * k + j]]`` as one gather + bmm."""
-    num_tokens, top_k = weights.shape
-    gathered = rows.index_select(0, row_of_pair).view(num_tokens, top_k, rows.shape[1])
-    return torch.bmm(weights.unsqueeze(1), gathered).squeeze(1)
+def _sum_over_pairs(per_pair: Tensor, num_tokens: int, top_k: int) -> Tensor:
+    """``[T * k, H]`` rows in pair order ``t * k + j`` -> ``[T, H]`` sums over ``j``."""
+    out = empty_buffer(per_pair, num_tokens, per_pair.shape[1])
+    return torch.sum(per_pair.view(num_tokens, top_k, per_pair.shape[1]), 1, out=out)
 
 
 @torch.library.custom_op("mm15_moe::experts", mutates_args=())
@@ -190,32 +123,36 @@ def _experts(
     x: Tensor,
     weights: Tensor,
     order: Tensor,
-    row_of_pair: Tensor,
     offsets: Tensor,
     w_in: Tensor,
     w_out: Tensor,
     activation: str,
-    max_padding: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward; also returns ``h`` and ``act`` (saved for backward, never differentiated),
-    with a static row count so that compiled graphs see fixed shapes."""
-    layout = row_layout(weights, order, row_of_pair, offsets, max_padding)
-    num_rows = buffer_rows(order.shape[0], max_padding)
-    h = _expert_matmul(x.index_select(0, layout.token), w_in.transpose(1, 2), layout, num_rows)
-    act = x.new_empty(num_rows, w_out.shape[2])
-    activate(h[: layout.used_rows], activation, out=act[: layout.used_rows])
-    rows = _expert_matmul(act[: layout.used_rows], w_out.transpose(1, 2), layout)
-    return _combine(rows, weights, layout.of_pair), h, act
+    workers: int,
+) -> tuple[Tensor, Tensor]:
+    """Forward; also returns the sorted rows' input projection ``h``, saved for backward
+    (never differentiated; ``act`` is recomputed from it there)."""
+    num_tokens, top_k = weights.shape
+    token, row_weight = _sorted_rows(weights, order)
+    per_pair = empty_buffer(x, order.shape[0], x.shape[1])
+    if workers:
+        h = empty_buffer(x, order.shape[0], w_in.shape[1])
+
+        def expert_forward(expert: int, start: int, end: int) -> None:
+            h_e = torch.mm(x.index_select(0, token[start:end]), w_in[expert].t(), out=h[start:end])
+            y = torch.mm(activate(h_e, activation), w_out[expert].t())
+            per_pair.index_copy_(0, order[start:end], y.mul_(row_weight[start:end, None]))
+
+        for_each_expert(expert_forward, offsets.tolist(), workers)
+    else:
+        h = grouped_matmul(x.index_select(0, token), w_in.transpose(1, 2), offsets)
+        rows = grouped_matmul(activate(h, activation), w_out.transpose(1, 2), offsets)
+        per_pair.index_copy_(0, order, rows.mul_(row_weight[:, None]))
+    return _sum_over_pairs(per_pair, num_tokens, top_k), h
 
 
 @_experts.register_fake
-def _(x, weights, order, row_of_pair, offsets, w_in, w_out, activation, max_padding):
-    num_rows = buffer_rows(order.shape[0], max_padding)
-    return (
-        x.new_empty(x.shape),
-        x.new_empty(num_rows, w_in.shape[1]),
-        x.new_empty(num_rows, w_out.shape[2]),
-    )
+def _(x, weights, order, offsets, w_in, w_out, activation, workers):
+    return x.new_empty(x.shape), x.new_empty(order.shape[0], w_in.shape[1])
 
 
 @torch.library.custom_op("mm15_moe::experts_backward", mutates_args=())
@@ -224,35 +161,57 @@ def _experts_backward(
     x: Tensor,
     weights: Tensor,
     order: Tensor,
-    row_of_pair: Tensor,
     offsets: Tensor,
     w_in: Tensor,
     w_out: Tensor,
     h: Tensor,
-    act: Tensor,
     activation: str,
-    max_padding: float,
+    workers: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Hand-written backward: reuses every gathered buffer in place, no autograd graph."""
+    """Hand-written backward, no autograd graph. With ``G`` the gathered output gradient and
+    ``w`` the routing weight of each row: ``dact = G @ W_down``, ``dw = <dact, act>``,
+    ``dW_down = (w G)^T act``, ``dh = act'(h) (w dact)``, ``dW_in = dh^T x``,
+    ``dx = dh @ W_in``."""
     num_tokens, top_k = weights.shape
-    layout = row_layout(weights, order, row_of_pair, offsets, max_padding)
-    h, act = h[: layout.used_rows], act[: layout.used_rows]
-    row_weight = layout.weight.unsqueeze(1)
-    grad_rows = grad_out.index_select(0, layout.token)
-    grad_act = _expert_matmul(grad_rows, w_out, layout)
-    grad_row_weight = torch.einsum("rf,rf->r", grad_act, act)
-    grad_weights = grad_row_weight.index_select(0, layout.of_pair).view(num_tokens, top_k)
-    grad_w_out = _expert_weight_grad(grad_rows.mul_(row_weight), act, layout)
-    grad_h = activation_backward(h, grad_act.mul_(row_weight), activation)
-    grad_w_in = _expert_weight_grad(grad_h, x.index_select(0, layout.token), layout)
-    grad_x = _combine(
-        _expert_matmul(grad_h, w_in, layout), torch.ones_like(weights), layout.of_pair
-    )
-    return grad_x, grad_weights, grad_w_in, grad_w_out
+    token, row_weight = _sorted_rows(weights, order)
+    grad_per_pair = empty_buffer(x, order.shape[0], x.shape[1])
+    grad_weights = weights.new_empty(order.shape[0])
+    if workers:
+        grad_w_in, grad_w_out = empty_buffer(w_in, *w_in.shape), empty_buffer(w_out, *w_out.shape)
+        ends = offsets.tolist()
+        for expert, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+            if start == end:  # no rows: zero gradient
+                grad_w_in[expert].zero_()
+                grad_w_out[expert].zero_()
+
+        def expert_backward(expert: int, start: int, end: int) -> None:
+            rows, w = order[start:end], row_weight[start:end, None]
+            h_e = h[start:end]
+            act = activate(h_e, activation)
+            grad_rows = grad_out.index_select(0, token[start:end])
+            grad_act = torch.mm(grad_rows, w_out[expert])
+            grad_weights.index_copy_(0, rows, (grad_act * act).sum(1))
+            torch.mm(grad_rows.mul_(w).t(), act, out=grad_w_out[expert])
+            grad_h = activation_backward(h_e, grad_act.mul_(w), activation)
+            torch.mm(grad_h.t(), x.index_select(0, token[start:end]), out=grad_w_in[expert])
+            grad_per_pair.index_copy_(0, rows, torch.mm(grad_h, w_in[expert]))
+
+        for_each_expert(expert_backward, ends, workers)
+    else:
+        act = activate(h, activation)
+        grad_rows = grad_out.index_select(0, token)
+        grad_act = grouped_matmul(grad_rows, w_out, offsets)
+        grad_weights.index_copy_(0, order, torch.einsum("rf,rf->r", grad_act, act))
+        grad_w_out = grouped_matmul(grad_rows.mul_(row_weight[:, None]).t(), act, offsets)
+        grad_h = activation_backward(h, grad_act.mul_(row_weight[:, None]), activation)
+        grad_w_in = grouped_matmul(grad_h.t(), x.index_select(0, token), offsets)
+        grad_per_pair.index_copy_(0, order, grouped_matmul(grad_h, w_in, offsets))
+    grad_x = _sum_over_pairs(grad_per_pair, num_tokens, top_k)
+    return grad_x, grad_weights.view(num_tokens, top_k), grad_w_in, grad_w_out
 
 
 @_experts_backward.register_fake
-def _(grad_out, x, weights, order, row_of_pair, offsets, w_in, w_out, h, act, activation, pad):
+def _(grad_out, x, weights, order, offsets, w_in, w_out, h, activation, workers):
     return (
         x.new_empty(x.shape),
         weights.new_empty(weights.shape),
@@ -262,20 +221,19 @@ def _(grad_out, x, weights, order, row_of_pair, offsets, w_in, w_out, h, act, ac
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weights, order, row_of_pair, offsets, w_in, w_out, activation, max_padding = inputs
-    _, h, act = output
-    ctx.mark_non_differentiable(h, act)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients for h and act
-    ctx.save_for_backward(x, weights, order, row_of_pair, offsets, w_in, w_out, h, act)
+    x, weights, order, offsets, w_in, w_out, activation, workers = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for h
+    ctx.save_for_backward(x, weights, order, offsets, w_in, w_out, output[1])
     ctx.activation = activation
-    ctx.max_padding = max_padding
+    ctx.workers = workers
 
 
-def _backward(ctx, grad_out, _grad_h, _grad_act):
+def _backward(ctx, grad_out, _grad_h):
     grad_x, grad_weights, grad_w_in, grad_w_out = _experts_backward(
-        grad_out.contiguous(), *ctx.saved_tensors, ctx.activation, ctx.max_padding
+        grad_out.contiguous(), *ctx.saved_tensors, ctx.activation, ctx.workers
     )
-    return grad_x, grad_weights, None, None, None, grad_w_in, grad_w_out, None, None
+    return grad_x, grad_weights, None, None, grad_w_in, grad_w_out, None, None
 
 
 _experts.register_autograd(_backward, setup_context=_setup_context)
@@ -288,35 +246,37 @@ def grouped_experts(
     w_in: Tensor,
     w_out: Tensor,
     activation: str,
-    max_padding: float = 1.0,
+    workers: int = 0,
 ) -> Tensor:
-    """Experts as grouped GEMMs with a fused backward.
+    """Experts over the expert-sorted rows, with a fused hand-written backward.
 
-    When padding every expert to the largest expert's row count costs at most
-    ``max_padding`` times the real rows, one batched GEMM replaces the per-expert ones
-    (``max_padding <= 1`` never pads and never syncs; ``"auto"`` off-GPU uses
-    ``AUTO_MAX_PADDING``).
+    ``workers=0``: whole-batch grouped GEMMs (``torch.nn.functional.grouped_mm``), no host
+    sync. Otherwise (CPU): each expert's GEMMs, activation, routing-weight scale and scatter
+    run as one task on ``workers`` single-threaded worker threads (``1``: in the calling
+    thread; ``ALL_THREADS``: ``torch.get_num_threads()`` of them). That path reads the row
+    counts on the host once per call, which costs nothing on CPU, where there is no
+    asynchronous stream to stall (see ``workers.py``).
     Wrapped as a custom op so that ``torch.compile(fullgraph=True)`` sees one opaque node
     with static output shapes (torch's grouped GEMM has no fp32 meta kernel).
     """
-    out, _, _ = _experts(
-        x, weights, plan.order, plan.row_of_pair, plan.offsets, w_in, w_out, activation, max_padding
-    )
+    out, _ = _experts(x, weights, plan.order, plan.offsets, w_in, w_out, activation, workers)
     return out
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, float]:
-    """The concrete backend and the padding allowance for ``grouped_experts``.
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, int]:
+    """The concrete backend and the worker-thread count for ``grouped_experts``.
 
     On CUDA, torch's grouped GEMM needs bf16 on SM80+ while the Triton kernels take any float
-    dtype, and padding is off (it needs a host sync). Elsewhere ``"auto"`` is the grouped
-    path with padding up to ``AUTO_MAX_PADDING``, measured fastest on CPU (docs/moe.md).
+    dtype. Elsewhere ``"auto"`` is the per-expert path on ``torch.get_num_threads()``
+    single-threaded workers (``ALL_THREADS``, read when the op runs, so compiled graphs follow
+    ``torch.set_num_threads``), measured fastest on CPU (docs/moe.md); ``"grouped_mm"`` always
+    means whole-batch grouped GEMMs.
     """
     if backend not in BACKENDS:
         raise ValueError(f"MoE backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
-        return backend, 1.0
+        return backend, 0
     if device.type == "cuda":
         sm80 = torch.cuda.get_device_capability(device) >= (8, 0)
-        return ("grouped_mm" if dtype == torch.bfloat16 and sm80 else "triton"), 1.0
-    return "grouped_mm", AUTO_MAX_PADDING
+        return ("grouped_mm" if dtype == torch.bfloat16 and sm80 else "triton"), 0
+    return "grouped_mm", ALL_THREADS

@@ -141,7 +141,7 @@ class MoEFeedForward(nn.Module):
         weights, expert_ids = self.router(tokens)
         weights = weights.to(tokens.dtype)
         w_in, w_out = self.in_proj.to(tokens.dtype), self.down_proj.to(tokens.dtype)
-        backend, max_padding = resolve_backend(self.backend, tokens.device, tokens.dtype)
+        backend, workers = resolve_backend(self.backend, tokens.device, tokens.dtype)
         if backend == "reference":
             out = reference_experts(tokens, weights, expert_ids, w_in, w_out, self.activation)
         else:
@@ -152,9 +152,7 @@ class MoEFeedForward(nn.Module):
 
                 out = triton_experts(tokens, weights, plan, w_in, w_out, self.activation)
             else:
-                out = grouped_experts(
-                    tokens, weights, plan, w_in, w_out, self.activation, max_padding
-                )
+                out = grouped_experts(tokens, weights, plan, w_in, w_out, self.activation, workers)
         if self.shared_expert is not None:
             shared = self.shared_expert(tokens)
             if self.shared_expert_gate is not None:
