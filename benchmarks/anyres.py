@@ -2,11 +2,18 @@
 
 All turn the same decoded images (uint8 CHW tensors, then PIL images) into normalised
 float32 tiles of 378 px with 4..9-tile grids plus one overview, one image per call as in a
-DataLoader worker, on 2 CPU threads. Calls are interleaved image by image so that load from
-other processes hits every contender alike. Prints images/s, the ratio to each peer, and the
-peak resident memory a pass adds (Linux VmHWM, reset after returning freed heap to the OS).
+DataLoader worker, on the same number of torch threads (2, `--threads`). Calls are
+interleaved image by image so that load from other processes hits every contender alike,
+and the pass over all images is repeated. Each call's time is the best of the repeats for
+that image and contender (the least disturbed run, the same rule for all); the range of the
+ratio over the single passes is printed beside it. Also printed: the peak resident memory a
+pass adds (Linux VmHWM, reset after returning freed heap to the OS).
 
-    HF_HUB_OFFLINE=1 python benchmarks/anyres.py [--images 32]
+On a busy machine, multi-threaded steps wait for their second thread to be scheduled, so
+ratios at 2 threads depend on the load; `--threads 1` measures the work itself, as in a
+DataLoader worker (one torch thread each).
+
+    HF_HUB_OFFLINE=1 python benchmarks/anyres.py [--images 32] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -63,27 +70,29 @@ def peak_memory_mib(run: Contender, images: Sequence[object]) -> float:
     return (_memory_kib("VmHWM:") - baseline) / 1024
 
 
-def throughput(
+def time_calls(
     contenders: dict[str, Contender], images: Sequence[object]
-) -> dict[str, tuple[float, float]]:
-    """(images/s, encoder images per input) for each contender, calls interleaved per image."""
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per image and encoder images per input for each contender, interleaved."""
     names = list(contenders)
-    seconds = dict.fromkeys(names, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     produced = dict.fromkeys(names, 0)
     for index, image in enumerate(images):
         for name in names[index % len(names) :] + names[: index % len(names)]:
             start = time.perf_counter()
             produced[name] += contenders[name](image)
-            seconds[name] += time.perf_counter() - start
-    return {name: (len(images) / seconds[name], produced[name] / len(images)) for name in names}
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, {name: produced[name] / len(images) for name in names}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, for all alike")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     tensors = make_images(args.images, args.seed)
     pil_images = [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in tensors]
@@ -114,24 +123,38 @@ def main() -> None:
     sides = [side for t in tensors for side in t.shape[1:]]
     print(
         f"{args.images} images, sides {min(sides)}-{max(sides)} px, tile {TILE}, "
-        f"grids {MIN_TILES}..{MAX_TILES} + overview, torch threads {torch.get_num_threads()}"
+        f"grids {MIN_TILES}..{MAX_TILES} + overview, torch threads {torch.get_num_threads()}, "
+        f"best of {args.repeats} passes per call"
     )
     results = {}
     for input_name, inputs in [("tensor", tensors), ("PIL", pil_images)]:
-        throughput(contenders, inputs[:8])  # warm-up: the allocator settles into reuse
-        results[input_name] = throughput(contenders, inputs)
+        time_calls(contenders, inputs[:8])  # warm-up: the allocator settles into reuse
+        results[input_name] = [time_calls(contenders, inputs) for _ in range(args.repeats)]
     # Memory passes come last: returning freed heap to the OS would slow the timed passes.
     print(f"{'input':7} {'contender':27} {'images/s':>9} {'out/img':>8} {'peak MiB':>9}  ratios")
     for input_name, inputs in [("tensor", tensors), ("PIL", pil_images)]:
-        rates = results[input_name]
-        for name, (rate, per_image) in rates.items():
+        passes = [seconds for seconds, _ in results[input_name]]
+        best = {  # per image, the best of the passes
+            name: sum(min(times) for times in zip(*(run[name] for run in passes), strict=True))
+            for name in contenders
+        }
+        for name in contenders:
+            rate = len(inputs) / best[name]
+            per_image = results[input_name][0][1][name]
             memory = peak_memory_mib(contenders[name], inputs)
-            ratios = (
-                "  ".join(f"x{rate / rates[peer][0]:.1f} vs {peer}" for peer in peers)
-                if name in splitters
-                else ""
-            )
+            ratios = ""
+            if name in splitters:
+                ratios = "  ".join(
+                    f"x{best[peer] / best[name]:.1f} "
+                    f"({format_range([sum(run[peer]) / sum(run[name]) for run in passes])}) "
+                    f"vs {peer}"
+                    for peer in peers
+                )
             print(f"{input_name:7} {name:27} {rate:9.2f} {per_image:8.2f} {memory:9.1f}  {ratios}")
+
+
+def format_range(values: Sequence[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
 
 
 if __name__ == "__main__":

@@ -453,6 +453,17 @@ def test_bad_plan_sizes_and_mismatched_render() -> None:
         splitter.render(random_image(10, 10), splitter.plan(10, 11))
 
 
+def test_render_restores_the_thread_count() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiles, layout = AnyResSplitter(tile_size=64)(random_image(300, 500))
+        assert torch.get_num_threads() == 2
+        assert tiles.shape == (layout.num_images, 3, 64, 64)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_input_matches_cpu() -> None:

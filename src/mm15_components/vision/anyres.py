@@ -8,7 +8,8 @@ redoing the float arithmetic. Tiles are cut with one resize, one pad and one res
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Protocol
@@ -340,22 +341,28 @@ class AnyResSplitter:
             )
         if pixels.dtype == torch.uint8 and pixels.device.type != "cpu":
             pixels = pixels.float().div_(255)  # the uint8 antialiased resize is CPU-only
+        with _one_cpu_thread():
+            return self._cut(pixels, layout)
+
+    def _cut(self, pixels: torch.Tensor, layout: TileLayout) -> torch.Tensor:
         # The layout is left as given: PIL input is already channels-last (fastest resize),
         # and a channels-last copy of a CHW tensor costs more than it saves.
         batch = pixels.unsqueeze(0)
-        r = layout.tile_size
+        r, rows, cols = layout.tile_size, layout.rows, layout.cols
         tiles = torch.empty(layout.num_images, 3, r, r, dtype=torch.float32, device=pixels.device)
         first_tile = 1 if layout.overview == "before" else 0
-        resized = self._resize(batch, layout.resized_size)
         bottom, right = layout.padding
-        canvas = F.pad(resized, (0, right, 0, bottom), value=0)[0]
+        canvas = F.pad(self._resize(batch, layout.resized_size), (0, right, 0, bottom))[0]
+        # Tiling is one strided copy that also converts to float: the canvas viewed as
+        # [3, rows, r, cols, r] is written into the tiles viewed the same way.
         grid = tiles[first_tile : first_tile + layout.num_tiles]
-        self._normalize_into(grid, canvas, layout.rows, layout.cols)
+        grid.view(rows, cols, 3, r, r).permute(2, 0, 3, 1, 4).copy_(
+            canvas.unflatten(2, (cols, r)).unflatten(1, (rows, r))
+        )
         if layout.overview != "none":
             overview_index = 0 if layout.overview == "before" else layout.num_tiles
-            overview = self._resize(batch, (r, r))[0]
-            self._normalize_into(tiles[overview_index : overview_index + 1], overview, 1, 1)
-        return tiles
+            tiles[overview_index].copy_(self._resize(batch, (r, r))[0])
+        return self._normalize_(tiles, value_range=255.0 if pixels.dtype == torch.uint8 else 1.0)
 
     def _resize(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         resized = F.interpolate(batch, size=size, mode=self.interpolation, antialias=True)
@@ -363,23 +370,28 @@ class AnyResSplitter:
             resized.clamp_(0, 1)
         return resized
 
-    def _normalize_into(
-        self, out: torch.Tensor, canvas: torch.Tensor, rows: int, cols: int
-    ) -> None:
-        """Write normalised tiles of a [3, rows*r, cols*r] canvas into out[rows*cols, 3, r, r].
+    def _normalize_(self, tiles: torch.Tensor, value_range: float) -> torch.Tensor:
+        """Normalise tiles [N, 3, r, r] holding 0..value_range in place, in one pass."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=tiles.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=tiles.device).view(3, 1, 1)
+        return torch.addcmul(-mean / std, tiles, 1.0 / (std * value_range), out=tiles)
 
-        One strided pass: the canvas is viewed as [3, rows, r, cols, r] and `out` as the same
-        shape, so dtype conversion, normalisation and tiling happen in a single addcmul.
-        """
-        r = out.shape[-1]
-        value_range = 255.0 if canvas.dtype == torch.uint8 else 1.0
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=out.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=out.device)
-        scale = (1.0 / (std * value_range)).view(3, 1, 1, 1, 1)
-        bias = (-mean / std).view(3, 1, 1, 1, 1)
-        source = canvas.unflatten(2, (cols, r)).unflatten(1, (rows, r))
-        target = out.view(rows, cols, 3, r, r).permute(2, 0, 3, 1, 4)
-        torch.addcmul(bias, source, scale, out=target)
+
+@contextmanager
+def _one_cpu_thread() -> Iterator[None]:
+    """Run torch's CPU ops on the calling thread only, then restore the thread count.
+
+    The antialiased resize is single-threaded anyway, and the pad, tiling copy and
+    normalisation are memory-bound passes over a few MB, which a second thread barely
+    speeds up; on a busy machine each parallel region instead waits for that thread to be
+    scheduled, which costs more than the pass itself.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
