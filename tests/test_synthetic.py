@@ -52,3 +52,38 @@ def test_task_mixture_follows_weights():
     data = make("train", 2000, {"grounding": 3.0, "text": 1.0})
     share = sum(data[i].target_box is not None for i in range(len(data))) / len(data)
     assert abs(share - 0.75) < 0.04  # 4 sigma at n=2000
+
+
+def test_referring_question_box_points_at_a_shape_of_the_answered_colour():
+    """The box written in the question is read back with the codec; the pixels inside it are
+    mostly the colour the answer names."""
+    codec = BoxCodec()
+    data = make(tasks={"referring": 1.0}, n=60)
+    for sample in data:
+        question, answer = sample.turns[0].content, sample.turns[1].content
+        (box,) = codec.decode(question, image_size=(64, 64))
+        x1, y1, x2, y2 = (round(v) for v in box)
+        crop = np.asarray(sample.images[0]).astype(int)[y1:y2, x1:x2]
+        share = (np.abs(crop - COLOURS[answer]).sum(-1) == 0).mean()
+        assert share > 0.4, (question, answer, share)
+
+
+def test_find_all_answers_every_shape_of_the_kind_left_to_right():
+    """Each answered box is filled mostly by one shape colour, boxes come ordered by x1, and
+    the answer is "none" exactly when it holds no box; both kinds of answer occur."""
+    codec = BoxCodec()
+    data = make(tasks={"find_all": 1.0}, n=60)
+    answers = {"none": 0, "some": 0}
+    for sample in data:
+        answer = sample.turns[1].content
+        boxes = codec.decode(answer, image_size=(64, 64))
+        answers["none" if answer == "none" else "some"] += 1
+        assert (answer == "none") == (not boxes)
+        assert [b[0] for b in boxes] == sorted(b[0] for b in boxes)
+        pixels = np.asarray(sample.images[0]).astype(int)
+        for box in boxes:
+            x1, y1, x2, y2 = (round(v) for v in box)
+            crop = pixels[y1:y2, x1:x2]
+            in_colour = [(np.abs(crop - c).sum(-1) == 0).mean() for c in COLOURS.values()]
+            assert max(in_colour) > 0.4
+    assert answers["none"] > 0 and answers["some"] > 0

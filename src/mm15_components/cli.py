@@ -15,11 +15,13 @@ class MM15CLI(LightningCLI):
 
     Model and data are chosen by ``class_path`` (subclass mode), so a downstream subclass of any
     component plugs in from YAML. The data's tokenizer is handed to the model when both are
-    built, which sizes the vocabulary and learns the special-token ids.
+    built, which sizes the vocabulary and learns the special-token ids, and so is its box
+    codec, so answers are read with the convention they were written in.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
+        for name in ("tokenizer", "codec"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 
 def inspect_command(args: list[str]) -> None:

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from mm15_components.grounding.codec import BoxCodec
+from mm15_components.grounding.decoding import BoxLogitsProcessor
 from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinusoidal
+from mm15_components.grounding.head import CoordinateGroundingHead
 from mm15_components.language.chat import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
@@ -36,11 +38,16 @@ class MM15Module(L.LightningModule):
             ``{vision: 5.0, connector: 5.0}``.
         weight_decay: applied to matrices only (not to biases, norms, embeddings of dim < 2).
         activation_checkpointing: recompute vision-block and decoder-layer activations.
-        codec: the box codec used to write and read boxes.
+        codec: the box codec used to write and read boxes (linked from ``data.codec`` by the
+            CLI, so data and model always agree).
+        grounding_head: adds a distance-aware loss on coordinate tokens (needs one token per
+            coordinate value).
         coordinate_init: ``sinusoidal`` gives the coordinate tokens (when each bin is one
             token) embeddings that encode their value, so nearby bins start close; ``default``
             leaves the LM's own initialisation.
         max_new_tokens: generation budget of evaluation answers.
+        constrained_decoding: once an answer starts a box, allow only tokens that complete
+            it in the codec's grammar (``BoxLogitsProcessor``), so every box parses.
     """
 
     def __init__(
@@ -54,8 +61,10 @@ class MM15Module(L.LightningModule):
         weight_decay: float = 0.0,
         activation_checkpointing: bool = False,
         codec: BoxCodec | None = None,
+        grounding_head: CoordinateGroundingHead | None = None,
         coordinate_init: Literal["default", "sinusoidal"] = "default",
         max_new_tokens: int = 24,
+        constrained_decoding: bool = False,
     ) -> None:
         super().__init__()
         self.freeze = list(freeze or [])
@@ -75,15 +84,22 @@ class MM15Module(L.LightningModule):
         self.weight_decay = weight_decay
         self.activation_checkpointing = activation_checkpointing
         self.codec = codec or BoxCodec()
-        if coordinate_init == "sinusoidal":
+        self.grounding_head = grounding_head
+        if coordinate_init == "sinusoidal" or grounding_head is not None:
             token_ids = coordinate_token_ids(tokenizer, self.codec)
             if token_ids is None:
                 raise ValueError(
-                    "coordinate_init='sinusoidal' needs one token per coordinate value; this "
-                    "tokenizer splits numbers (use codec style 'tokens')"
+                    "coordinate_init='sinusoidal' and grounding_head need one token per "
+                    "coordinate value; this tokenizer splits numbers (use codec style 'tokens')"
                 )
-            init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
+            if coordinate_init == "sinusoidal":
+                init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
+            if grounding_head is not None:
+                grounding_head.bind(token_ids)
         self.max_new_tokens = max_new_tokens
+        self.box_processor = (
+            BoxLogitsProcessor(tokenizer, self.codec) if constrained_decoding else None
+        )
         self.moe_layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
         self.val_loss = MeanMetric()
         self.val_grounding_acc = GroundingAccuracy(0.5)
@@ -91,20 +107,31 @@ class MM15Module(L.LightningModule):
         self.val_mean_iou = MeanIoU()
 
     # ---- training -------------------------------------------------------------------------
-    def answer_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy over answer tokens, and their count."""
-        logits = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-        labels = batch["labels"][:, 1:]
+    def answer_loss(
+        self, batch: dict[str, Any], with_head: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Summed next-token cross-entropy over answer tokens, their count, and the grounding
+        head's summed loss (None without a head or when not asked for)."""
+        logits = self.model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch.get("position_ids"),  # packed batches
+        )
+        logits, labels = logits[:, :-1], batch["labels"][:, 1:]
         loss_sum = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
+            logits.flatten(0, 1).float(),
             labels.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        return loss_sum, (labels != IGNORE_INDEX).sum()
+        head_sum = None
+        if with_head and self.grounding_head is not None:
+            head_sum = self.grounding_head(logits, labels)
+        return loss_sum, (labels != IGNORE_INDEX).sum(), head_sum
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss_sum, count = self.answer_loss(batch)
+        loss_sum, count, head_sum = self.answer_loss(batch, with_head=True)
         # Normalise by the answer tokens of the whole global batch, so the gradient (averaged
         # over ranks) equals a single-process run on that batch however tokens are split.
         global_count = self.all_gather(count).sum().clamp(min=1)
@@ -112,6 +139,10 @@ class MM15Module(L.LightningModule):
         loss = loss_sum * world / global_count
         global_loss = self.all_gather(loss_sum.detach()).sum() / global_count
         self.log("train/loss", global_loss, prog_bar=True, batch_size=len(batch["ids"]))
+        if head_sum is not None:
+            loss = loss + head_sum * world / global_count
+            global_head = self.all_gather(head_sum.detach()).sum() / global_count
+            self.log("train/coordinate_loss", global_head, batch_size=len(batch["ids"]))
         if self.moe_layers:
             loss = loss + self.moe_auxiliary_loss()
         return loss
@@ -129,7 +160,7 @@ class MM15Module(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss_sum, count = self.answer_loss(batch)
+        loss_sum, count, _ = self.answer_loss(batch)
         self.val_loss.update(loss_sum / count.clamp(min=1), weight=count)
         grounding = torch.isfinite(batch["target_boxes"]).all(-1)
         if grounding.any():
@@ -165,6 +196,7 @@ class MM15Module(L.LightningModule):
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[str]:
         """Greedy answers to left-padded prompts, as text."""
+        processors = [self.box_processor] if self.box_processor is not None else []
         new_tokens = self.model.generate(
             prompt_ids,
             prompt_mask,
@@ -173,8 +205,19 @@ class MM15Module(L.LightningModule):
             do_sample=False,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList(processors),
         )
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Each sample's ``id``, greedy ``answer`` and the ``boxes`` read from it, in pixels
+        of its original image."""
+        answers = self.generate(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"])
+        sizes = batch["image_sizes"].tolist()
+        return [
+            {"id": id, "answer": answer, "boxes": self.codec.decode(answer, image_size=tuple(hw))}
+            for id, answer, hw in zip(batch["ids"], answers, sizes, strict=True)
+        ]
 
     # ---- optimisation and scale -----------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -13,8 +13,11 @@ IMAGE_TOKEN = "<image>"
 PUNCTUATION = list("[](),.:;?!'\"-/<>")
 
 
-def build_word_tokenizer(words: Iterable[str], numbers: int = 1000) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose vocabulary is ``words``, punctuation and ``0..numbers-1``.
+def build_word_tokenizer(
+    words: Iterable[str], numbers: int = 1000, extra_tokens: Iterable[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is ``words``, punctuation and ``0..numbers-1``,
+    plus ``extra_tokens`` that are never split (e.g. ``<coord_k>``).
 
     Every integer below ``numbers`` is one token, so a Ferret box ``[x1, y1, x2, y2]`` costs one
     token per coordinate: a tiny model learns to localise far sooner than with digit tokens.
@@ -35,17 +38,20 @@ def build_word_tokenizer(words: Iterable[str], numbers: int = 1000) -> PreTraine
         bos_token="<s>",
         eos_token="</s>",
     )
+    tokenizer.add_tokens(list(extra_tokens))
     return add_image_token(tokenizer)
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """A pretrained tokenizer (hub name or local directory) with the image token added."""
+def load_tokenizer(name_or_path: str, extra_tokens: Iterable[str] = ()) -> PreTrainedTokenizerBase:
+    """A pretrained tokenizer (hub name or local directory) with the image token and
+    ``extra_tokens`` added."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load tokenizer {name_or_path!r}: {error}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.add_tokens(list(extra_tokens))
     return add_image_token(tokenizer)
 
 

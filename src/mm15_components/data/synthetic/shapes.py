@@ -19,6 +19,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 KINDS = ("circle", "square", "triangle")
 QUESTION = "Where is the {colour} {kind}?"
+REFERRING_QUESTION = "What colour is the shape at {box}?"
+FIND_ALL_QUESTION = "Find every {kind}."
+NONE_FOUND = "none"
 
 
 @dataclass(frozen=True)
@@ -92,5 +95,38 @@ def grounding_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     return Sample(turns=turns, images=[image], target_box=tuple(float(v) for v in target.box))
 
 
+def referring_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
+    """ "What colour is the shape at [x1, y1, x2, y2]?" -> its colour: the box is in the
+    question, written by the same codec as grounding answers."""
+    shapes = sample_shapes(rng, size)
+    image = draw_shapes(rng, shapes, size)
+    target = shapes[int(rng.integers(len(shapes)))]
+    question = REFERRING_QUESTION.format(box=encode_box(target.box, (size, size)))
+    turns = [Turn("user", f"{question}\n<image>"), Turn("assistant", target.colour)]
+    return Sample(turns=turns, images=[image])
+
+
+def find_all_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
+    """ "Find every triangle." -> the boxes of all triangles, left to right, or "none"."""
+    shapes = sample_shapes(rng, size)
+    image = draw_shapes(rng, shapes, size)
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    found = sorted((s.box for s in shapes if s.kind == kind), key=lambda box: box[:2])
+    answer = " ".join(encode_box(box, (size, size)) for box in found) or NONE_FOUND
+    turns = [
+        Turn("user", f"{FIND_ALL_QUESTION.format(kind=kind)}\n<image>"),
+        Turn("assistant", answer),
+    ]
+    return Sample(turns=turns, images=[image])
+
+
 def vocabulary() -> set[str]:
-    return set(COLOURS) | set(KINDS) | set(QUESTION.replace("?", "").split())
+    questions = " ".join(
+        [
+            QUESTION.format(colour="", kind=""),
+            REFERRING_QUESTION.format(box=""),
+            FIND_ALL_QUESTION.format(kind=""),
+        ]
+    )
+    words = questions.replace("?", " ").replace(".", " ").split()
+    return set(COLOURS) | set(KINDS) | set(words) | {NONE_FOUND}

@@ -1,0 +1,156 @@
+"""One question about a few images or the frames of a video: the data of ``mm15 predict``."""
+
+from __future__ import annotations
+
+import string
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.synthetic.dataset import vocabulary
+from mm15_components.data.video import sample_frames
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.tokenizer import IMAGE_TOKEN, build_word_tokenizer, load_tokenizer
+from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
+from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
+
+
+class QueryDataModule(L.LightningDataModule):
+    """Asks ``query`` about each image (or each sampled video frame) on its own.
+
+    The prompt is written as the synthetic training data writes it (``"{query}\\n<image>"``),
+    and batches carry the original images, the query and a file-name stem per image for
+    :class:`~mm15_components.predict.PredictionWriter`.
+
+    Args:
+        images: image files; each one is a separate prediction.
+        query: the question, e.g. ``"Where is the red circle?"``.
+        video: a video file or a folder of frames instead of (or beside) ``images``; each of
+            ``num_frames`` frames sampled uniformly over it is a separate prediction.
+        num_frames: frames taken from ``video``.
+        tokenizer, codec, image_size, image_tokens, splitter, tile_indicators, mean, std: as in
+            :class:`~mm15_components.data.SyntheticDataModule`, and they must match the model's
+            training (the defaults match the quickstart recipe). Words outside the tokenizer's
+            vocabulary are read as unknown, with a warning.
+        batch_size / num_workers: loader settings.
+    """
+
+    def __init__(
+        self,
+        images: list[str] | None = None,
+        query: str = "",
+        video: str | None = None,
+        num_frames: int = 8,
+        tokenizer: str | None = None,
+        codec: BoxCodec | None = None,
+        image_size: int = 64,
+        image_tokens: int = 16,
+        splitter: AnyResSplitter | None = None,
+        tile_indicators: IndicatorStyle = "none",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+    ) -> None:
+        super().__init__()
+        self.images = list(images or [])
+        if not self.images and video is None:
+            raise ValueError("QueryDataModule: give image files (images=[...]) or a video")
+        for path in self.images:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"QueryDataModule: image file {path!r} does not exist")
+        if not query.strip():
+            raise ValueError(
+                "QueryDataModule: the query is empty; ask something, e.g. "
+                "query='Where is the red circle?'"
+            )
+        if IMAGE_TOKEN in query:
+            raise ValueError(
+                f"QueryDataModule: the query must not contain {IMAGE_TOKEN}; the image is "
+                f"placed after it, got {query!r}"
+            )
+        self.query = query
+        self.video = video
+        self.num_frames = num_frames
+        self.codec = codec or BoxCodec()
+        if tokenizer:
+            self.tokenizer = load_tokenizer(tokenizer, self.codec.coordinate_tokens())
+        else:
+            self.tokenizer = build_word_tokenizer(
+                vocabulary(), self.codec.bins, self.codec.coordinate_tokens()
+            )
+        self._warn_unknown_words()
+        self.encoder = SampleEncoder(
+            self.tokenizer,
+            image_size,
+            image_tokens,
+            mean,
+            std,
+            splitter=splitter,
+            tile_indicators=tile_indicators,
+        )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def _warn_unknown_words(self) -> None:
+        unknown = self.tokenizer.unk_token_id
+        ids = self.tokenizer(self.query, add_special_tokens=False).input_ids
+        if unknown is not None and unknown in ids:
+            words = [
+                word
+                for word in (w.strip(string.punctuation) for w in self.query.split())
+                if unknown in self.tokenizer(word, add_special_tokens=False).input_ids
+            ]
+            warnings.warn(
+                f"QueryDataModule: the tokenizer does not know {words} in the query "
+                f"{self.query!r}; the model reads them as {self.tokenizer.unk_token}",
+                stacklevel=3,
+            )
+
+    def setup(self, stage: str) -> None:
+        """Read every image (and sample the video) now, so a bad file fails before predicting."""
+        inputs: list[tuple[str, str, Image.Image]] = []
+        for index, path in enumerate(self.images):
+            try:
+                with Image.open(path) as file:
+                    image = file.convert("RGB")
+            except OSError as error:
+                raise ValueError(f"QueryDataModule: cannot read image {path!r}: {error}") from error
+            inputs.append((path, f"{Path(path).stem}_{index:03d}", image))
+        if self.video is not None:
+            frames = sample_frames(self.video, self.num_frames)
+            stem = Path(self.video).stem
+            for index, frame in enumerate(frames):
+                image = Image.fromarray(frame.permute(1, 2, 0).numpy())
+                inputs.append((f"{self.video}#frame={index}", f"{stem}_{index:03d}", image))
+        self.predict_set = [self._encode(*item) for item in inputs]
+
+    def _encode(self, id: str, name: str, image: Image.Image) -> dict[str, Any]:
+        turns = [Turn("user", f"{self.query}\n{IMAGE_TOKEN}"), Turn("assistant", "")]
+        item = self.encoder(Sample(turns=turns, images=[image], id=id))
+        return {**item, "image": image, "name": name, "query": self.query}
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.predict_set,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_query, pad_token_id=self.tokenizer.pad_token_id),
+        )
+
+
+def collate_query(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """:func:`collate`, plus the original images, their output names and queries."""
+    return {
+        **collate(items, pad_token_id),
+        "images": [it["image"] for it in items],
+        "names": [it["name"] for it in items],
+        "queries": [it["query"] for it in items],
+    }
