@@ -84,9 +84,11 @@ class MM15Model(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits ``[B, T, vocab]``."""
-        return self.language(self.embed(input_ids, pixel_values), attention_mask)
+        """Next-token logits ``[B, T, vocab]``; packed rows pass ``position_ids`` that restart
+        at each sample and no ``attention_mask`` (see ``data.packing``)."""
+        return self.language(self.embed(input_ids, pixel_values), attention_mask, position_ids)
 
     @torch.no_grad()
     def generate(

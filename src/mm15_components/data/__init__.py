@@ -1,4 +1,17 @@
+from mm15_components.data.conversation import ConversationDataModule
 from mm15_components.data.datamodule import SyntheticDataModule
+from mm15_components.data.mixture import Mixture, Source
+from mm15_components.data.query import QueryDataModule
 from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.video_datamodule import VideoDataModule
 
-__all__ = ["Sample", "SyntheticDataModule", "Turn"]
+__all__ = [
+    "ConversationDataModule",
+    "Mixture",
+    "QueryDataModule",
+    "Sample",
+    "Source",
+    "SyntheticDataModule",
+    "Turn",
+    "VideoDataModule",
+]

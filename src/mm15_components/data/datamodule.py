@@ -5,9 +5,12 @@ from __future__ import annotations
 from functools import partial
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from mm15_components.data.batching import TokenBudgetBatchSampler
 from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.packing import collate_packed
+from mm15_components.data.sampler import EpochBatchSampler, ResumableBatchSampler, ResumableLoader
 from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.tokenizer import build_word_tokenizer, load_tokenizer
@@ -21,12 +24,20 @@ class EncodedDataset(Dataset):
     def __init__(self, samples: Dataset, encoder: SampleEncoder) -> None:
         self.samples = samples
         self.encoder = encoder
+        self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         return self.encoder(self.samples[index])
+
+    def lengths(self) -> list[int]:
+        """Every sample's token count, for batching by token budget. Computed once by encoding
+        each sample (so it is exact, image tokens included) and cached."""
+        if self._lengths is None:
+            self._lengths = [len(self[i]["input_ids"]) for i in range(len(self))]
+        return self._lengths
 
 
 class SyntheticDataModule(L.LightningDataModule):
@@ -35,7 +46,8 @@ class SyntheticDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: a pretrained tokenizer name or path; None builds the word-level tokenizer of
-            the synthetic vocabulary locally (one token per word and per number < ``bins``).
+            the synthetic vocabulary locally (one token per word, per number below the codec's
+            bins and per coordinate token of the codec's ``tokens`` style).
         tasks: task -> sampling weight (``grounding``, ``text``).
         image_size: rendered image side in pixels (also the encoder input size).
         image_tokens: LLM tokens per image (per tile when splitting); must equal the model's
@@ -43,10 +55,17 @@ class SyntheticDataModule(L.LightningDataModule):
         splitter: split each image into tiles plus an overview (MM1.5's AnyRes); its
             ``tile_size`` must equal ``image_size``. None: one ``image_size`` square per image.
         tile_indicators: text before each tile's tokens: ``none``, ``index`` or ``seps``.
-        bins: coordinate bins of the box codec (Ferret: 1000, values 0..999).
+        codec: writes the answer boxes (default: Ferret's text style, 1000 bins); the CLI hands
+            it to the model, which reads answers with it.
         train_samples / val_samples: split sizes.
-        batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample.
+        batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample and the
+            order of every epoch.
         shuffle: shuffle training samples each epoch.
+        max_tokens: batch by token budget instead of ``batch_size``: as many samples as fit
+            this many padded tokens per batch (``TokenBudgetBatchSampler``; each sample's
+            length is measured once by encoding it at setup). None: ``batch_size`` samples.
+        pack: pack each training batch's samples into rows of at most this many tokens, each
+            sample attending only to itself (``data.packing``). None: one sample per row.
     """
 
     def __init__(
@@ -57,7 +76,7 @@ class SyntheticDataModule(L.LightningDataModule):
         image_tokens: int = 16,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
-        bins: int = 1000,
+        codec: BoxCodec | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -66,12 +85,17 @@ class SyntheticDataModule(L.LightningDataModule):
         shuffle: bool = True,
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
+        max_tokens: int | None = None,
+        pack: int | None = None,
     ) -> None:
         super().__init__()
-        self.tokenizer = (
-            load_tokenizer(tokenizer) if tokenizer else build_word_tokenizer(vocabulary(), bins)
-        )
-        self.codec = BoxCodec(bins=bins)
+        self.codec = codec or BoxCodec()
+        if tokenizer:
+            self.tokenizer = load_tokenizer(tokenizer, self.codec.coordinate_tokens())
+        else:
+            self.tokenizer = build_word_tokenizer(
+                vocabulary(), self.codec.bins, self.codec.coordinate_tokens()
+            )
         tasks = tasks or {"grounding": 0.75, "text": 0.25}
         make = partial(
             SyntheticDataset,
@@ -91,6 +115,8 @@ class SyntheticDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
+        self.max_tokens = max_tokens
+        self.pack = pack
 
     def _encoder(self, baseline_box=None) -> SampleEncoder:
         return SampleEncoder(
@@ -113,24 +139,39 @@ class SyntheticDataModule(L.LightningDataModule):
         )
         self.val_set = EncodedDataset(self.val_samples, self._encoder(baseline))
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        # Our own sampler under several ranks: Lightning's would always shuffle training data.
-        sampler = None
+    def _loader(
+        self, dataset: EncodedDataset, shuffle: bool, pack: bool = False
+    ) -> ResumableLoader:
+        # Our own batch sampler, also under several ranks (Lightning's would always shuffle
+        # training data); its position is saved in checkpoints, so resuming is exact.
+        ranks = {"num_replicas": 1, "rank": 0}
         if self.trainer is not None and self.trainer.world_size > 1:
             ranks = self.trainer.strategy.distributed_sampler_kwargs
-            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, **ranks)
-        return DataLoader(
+        batches: EpochBatchSampler
+        if self.max_tokens is None:
+            batches = ResumableBatchSampler(
+                len(dataset), self.batch_size, shuffle, self.seed, **ranks
+            )
+        else:
+            batches = TokenBudgetBatchSampler(
+                dataset.lengths(), self.max_tokens, shuffle, self.seed, **ranks
+            )
+        collate_fn = partial(collate, pad_token_id=self.tokenizer.pad_token_id)
+        if pack and self.pack is not None:
+            collate_fn = partial(
+                collate_packed, pad_token_id=self.tokenizer.pad_token_id, row_length=self.pack
+            )
+        loader = DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle if sampler is None else None,
-            sampler=sampler,
+            batch_sampler=batches,
             num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+            collate_fn=collate_fn,
             persistent_workers=self.num_workers > 0,
         )
+        return ResumableLoader(loader)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.shuffle)
+    def train_dataloader(self) -> ResumableLoader:
+        return self._loader(self.train_set, self.shuffle, pack=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResumableLoader:
         return self._loader(self.val_set, False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +27,9 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from mm15_components.data.schema import Turn
+from mm15_components.language.tokenizer import IMAGE_TOKEN
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -319,3 +322,46 @@ class _Cursor:
                 f" but its duration is {self.duration_s:.3f} s: truncated file"
             )
         return end
+
+
+VIDEO_TOKEN = "<video>"
+"""Placeholder for a whole video in conversation text (LLaVA-Video data also uses ``<image>``)."""
+
+
+def frame_turns(
+    turns: list[Turn],
+    timestamps: Sequence[float],
+    timestamp_format: str | None = None,
+    where: str = "sample",
+) -> list[Turn]:
+    """Turn a video conversation into a multi-image one: the single ``<video>`` (or
+    ``<image>``) placeholder of the user turns becomes one ``<image>`` per frame.
+
+    Args:
+        turns: the conversation; exactly one placeholder in its user turns, none in answers.
+        timestamps: seconds at which each frame is shown, one per frame.
+        timestamp_format: text written before each frame's image, formatted with ``seconds``
+            and ``index`` (from 0), e.g. ``"{seconds:.1f} s:"``; None writes nothing.
+        where: names the sample in error messages.
+    """
+    placeholders = [
+        (i, token)
+        for i, turn in enumerate(turns)
+        for token in (VIDEO_TOKEN, IMAGE_TOKEN)
+        for _ in range(turn.content.count(token))
+    ]
+    in_answers = [i for i, _ in placeholders if turns[i].role != "user"]
+    if in_answers or len(placeholders) != 1:
+        raise ValueError(
+            f"{where}: a video conversation needs exactly one {VIDEO_TOKEN} or {IMAGE_TOKEN} "
+            f"placeholder, in a user turn; found {len(placeholders)}"
+            + (f" ({len(in_answers)} in assistant turns)" if in_answers else "")
+        )
+    index, token = placeholders[0]
+    frames = "".join(
+        (timestamp_format.format(seconds=t, index=k) if timestamp_format else "") + IMAGE_TOKEN
+        for k, t in enumerate(timestamps)
+    )
+    turns = list(turns)
+    turns[index] = Turn(turns[index].role, turns[index].content.replace(token, frames))
+    return turns

@@ -1,4 +1,5 @@
-"""Conversations to token ids: a plain chat template, answer-only labels, image expansion."""
+"""Conversations to token ids: chat templates (plain, or the tokenizer's own), answer-only
+labels, image expansion."""
 
 from __future__ import annotations
 
@@ -82,6 +83,64 @@ class ChatTemplate:
             input_ids, labels, prompt_length, image_token_id, image_tokens, where
         )
         return EncodedConversation(input_ids, labels, prompt_length)
+
+
+@dataclass(frozen=True)
+class TokenizerChatTemplate:
+    """The tokenizer's own chat template (``tokenizer.chat_template``, Jinja), with loss on
+    the assistant turns only.
+
+    Each assistant turn's text is what the template adds after the generation prompt: the
+    answer and the template's end-of-turn marker (e.g. ``<|im_end|>``), so the model learns to
+    stop where the template says a turn ends. Templates must render every conversation prefix
+    as a prefix of the whole conversation (all common ones do); one that does not is an error.
+    """
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        turns: Sequence[Turn],
+        image_tokens: Sequence[Sequence[int]],
+        where: str = "sample",
+    ) -> EncodedConversation:
+        """As ``ChatTemplate.encode``, with the text rendered by the tokenizer's template."""
+        if not turns or turns[-1].role != "assistant":
+            raise ValueError(f"{where}: a conversation must end with an assistant turn")
+        messages = [{"role": turn.role, "content": turn.content} for turn in turns]
+        input_ids: list[int] = []
+        labels: list[int] = []
+        prompt_length = 0
+        rendered = ""
+        for k, turn in enumerate(turns):
+            if turn.role != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(
+                messages[:k], tokenize=False, add_generation_prompt=True
+            )
+            whole = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+            if not (prompt.startswith(rendered) and whole.startswith(prompt)):
+                raise ValueError(
+                    f"{where}: the tokenizer's chat template does not render each turn as a "
+                    "continuation of the previous ones; use the plain ChatTemplate"
+                )
+            ids = tokenizer(prompt[len(rendered) :], add_special_tokens=False).input_ids
+            input_ids += ids
+            labels += [IGNORE_INDEX] * len(ids)
+            prompt_length = len(input_ids)
+            ids = tokenizer(whole[len(prompt) :], add_special_tokens=False).input_ids
+            input_ids += ids
+            labels += ids
+            rendered = whole
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        input_ids, labels, prompt_length = expand_image_tokens(
+            input_ids, labels, prompt_length, image_token_id, image_tokens, where
+        )
+        return EncodedConversation(input_ids, labels, prompt_length)
+
+
+def chat_template_for(tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerChatTemplate:
+    """The tokenizer's own template when it has one, the plain ``ChatTemplate`` otherwise."""
+    return TokenizerChatTemplate() if tokenizer.chat_template else ChatTemplate()
 
 
 def expand_image_tokens(

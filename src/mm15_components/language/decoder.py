@@ -88,10 +88,20 @@ class CausalLM(nn.Module):
         return self.model.get_input_embeddings()(input_ids)
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, T, hidden]`` embeddings -> ``[B, T, vocab]`` next-token logits."""
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
+        """``[B, T, hidden]`` embeddings -> ``[B, T, vocab]`` next-token logits. Position ids
+        that restart within a row (and no attention mask) mark packed samples, which
+        transformers keeps from attending to each other; no KV cache is built."""
+        return self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).logits
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
         """transformers ``generate`` from embeddings; returns only the new token ids."""

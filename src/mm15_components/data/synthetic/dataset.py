@@ -8,10 +8,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mm15_components.data.schema import Box, Sample
-from mm15_components.data.synthetic import shapes, text
+from mm15_components.data.synthetic import motion, shapes, text
+from mm15_components.language.chat import ChatTemplate
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
-TASKS = ("grounding", "text")
+TASKS = ("grounding", "referring", "find_all", "text")
 
 
 class SyntheticDataset(Dataset):
@@ -19,7 +20,8 @@ class SyntheticDataset(Dataset):
     ``(seed, split, i)``, so any worker, rank or resumed run renders the same sample.
 
     Args:
-        tasks: task name -> sampling weight (``grounding``: shapes and boxes; ``text``: OCR).
+        tasks: task name -> sampling weight: ``grounding`` (shape -> box), ``referring``
+            (box in the question -> colour), ``find_all`` (kind -> every box) or ``text`` (OCR).
         encode_box: writes a pixel box and the image (height, width) as answer text.
     """
 
@@ -56,10 +58,15 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
-        if task == "grounding":
-            sample = shapes.grounding_sample(rng, self.image_size, self.encode_box)
-        else:
+        if task == "text":
             sample = text.text_sample(rng, self.image_size)
+        else:
+            make = {
+                "grounding": shapes.grounding_sample,
+                "referring": shapes.referring_sample,
+                "find_all": shapes.find_all_sample,
+            }[task]
+            sample = make(rng, self.image_size, self.encode_box)
         sample.id = f"synthetic-{self.split}-{index}"
         return sample
 
@@ -80,5 +87,10 @@ TILE_INDICATOR_WORDS = {"image", "row", "col", "overview", "n"}
 
 
 def vocabulary() -> set[str]:
-    """Every word the synthetic tasks and the tile position indicators write."""
-    return shapes.vocabulary() | text.vocabulary() | TILE_INDICATOR_WORDS
+    """Every word the synthetic tasks (image and video), the default chat template and the
+    tile position indicators write: one tokenizer for both, so an image-trained model reads
+    video questions too."""
+    template = ChatTemplate()
+    roles = {p.strip(" :") for p in (template.user_prefix, template.assistant_prefix)}
+    tasks = shapes.vocabulary() | text.vocabulary() | motion.vocabulary()
+    return tasks | roles | TILE_INDICATOR_WORDS

@@ -1,0 +1,71 @@
+"""Batches by token budget: as many samples per batch as fit ``max_tokens`` padded tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mm15_components.data.sampler import EpochBatchSampler
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0) -> list[list[int]]:
+    """Group sample indices so each batch's padded size (``len(batch) * longest``) is at most
+    ``max_tokens``.
+
+    Samples are sorted by length (ties broken by a seeded shuffle) and cut greedily, so a
+    batch holds samples of similar length and pads little. Raises naming the first sample
+    that alone is over the budget.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    for index, length in enumerate(lengths):
+        if length > max_tokens:
+            raise ValueError(
+                f"sample {index} has {length} tokens, more than max_tokens={max_tokens}"
+            )
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
+    order = sorted(shuffled.tolist(), key=lambda i: lengths[i])  # stable: ties stay shuffled
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in order:
+        # sorted ascending, so this sample is the longest of the batch it joins
+        if batch and (len(batch) + 1) * lengths[index] > max_tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+class TokenBudgetBatchSampler(EpochBatchSampler):
+    """Batches of at most ``max_tokens`` padded tokens (``token_budget_batches``), formed once
+    from the seed; each epoch visits them in a new seeded order. Fixed batches keep the number
+    of batches per epoch constant (Lightning counts it once) at the cost of the same samples
+    sharing a batch every epoch. Resumes mid-epoch and covers ranks like every
+    ``EpochBatchSampler``.
+
+    Args:
+        lengths: every sample's token count (image tokens included).
+        max_tokens: the budget of padded tokens per batch (per rank).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(shuffle, seed, num_replicas, rank)
+        self.max_tokens = max_tokens
+        self.batches = token_budget_batches(lengths, max_tokens, seed)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        if not self.shuffle:
+            return self.batches
+        order = torch.randperm(len(self.batches), generator=self.generator(epoch))
+        return [self.batches[i] for i in order.tolist()]

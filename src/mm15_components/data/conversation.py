@@ -1,0 +1,267 @@
+"""Training data from mixtures of sources: LLaVA-style files or synthetic stand-ins."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import Dataset
+
+from mm15_components.data.collate import SampleEncoder
+from mm15_components.data.datamodule import SyntheticDataModule
+from mm15_components.data.formats import (
+    DOCUMENT_FORMATS,
+    BadSampleError,
+    BadSamplePolicy,
+    JSONSource,
+    OnBadSample,
+)
+from mm15_components.data.mixture import Mixture, MixtureDataset
+from mm15_components.data.sampler import ResumableLoader
+from mm15_components.data.synthetic import standins
+from mm15_components.data.synthetic.dataset import vocabulary
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.chat import ChatTemplate, chat_template_for
+from mm15_components.language.tokenizer import build_word_tokenizer
+from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
+from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
+
+DOCUMENT_TEMPLATE = ChatTemplate(user_prefix="", assistant_prefix="", separator="")
+"""Pre-training documents: the text as it is, loss on all of it, one end token."""
+
+
+class EncodedSource(Dataset):
+    """Encodes the samples of one source; a sample over ``max_tokens`` is a bad sample."""
+
+    def __init__(
+        self, samples: Dataset, encoder: SampleEncoder, max_tokens: int | None = None
+    ) -> None:
+        self.samples = samples
+        self.encoder = encoder
+        self.max_tokens = max_tokens
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        item = self.encoder(sample)
+        length = len(item["input_ids"])
+        if self.max_tokens is not None and length > self.max_tokens:
+            where = (
+                self.samples.records[index][0]
+                if isinstance(self.samples, JSONSource)
+                else sample.id
+            )
+            raise BadSampleError(
+                "too_long", f"{where}: {length} tokens, over the limit of {self.max_tokens}"
+            )
+        return item
+
+
+def collate_with_stats(
+    items: list[dict[str, Any]], collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> dict[str, Any]:
+    """``collate_fn``'s batch plus each sample's ``categories`` and the bad samples
+    ``skipped`` to make it, for ``MixtureStatsLogger``."""
+    batch = collate_fn(items)
+    batch["categories"] = [item["category"] for item in items]
+    batch["skipped"] = sum(item["skipped"] for item in items)
+    return batch
+
+
+class MixtureStatsLogger(L.Callback):
+    """Logs the running count of skipped bad samples (``data/skipped``, those dropped while
+    reading files included) and each category's realised share of the training samples so
+    far (``data/share/<category>``), as seen on this rank. ``ConversationDataModule`` adds
+    it to the trainer when it is missing; its counts are saved in checkpoints."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.counts: Counter[str] = Counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not isinstance(batch, dict) or "categories" not in batch:
+            return
+        self.skipped += int(batch["skipped"])
+        self.counts.update(batch["categories"])
+        read_skipped = getattr(trainer.datamodule, "read_skipped", 0)
+        pl_module.log("data/skipped", float(self.skipped + read_skipped))
+        total = sum(self.counts.values())
+        for category, count in sorted(self.counts.items()):
+            pl_module.log(f"data/share/{category}", count / total)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = state_dict["skipped"]
+        self.counts = Counter(state_dict["counts"])
+
+
+class ConversationDataModule(SyntheticDataModule):
+    """A mixture of sources per split (``Mixture``): LLaVA-style conversation, caption,
+    interleaved or text files, or synthetic stand-ins for each MM1.5 data category.
+
+    Conversations use the tokenizer's own chat template when it has one (else the plain
+    ``ChatTemplate``), with loss on assistant turns; documents (caption, interleaved, text) are
+    read as they are, with loss on their text. It shares ``SyntheticDataModule``'s tokenizer
+    and loaders (hence the subclass). Bad samples (``formats.BAD_KINDS``) raise, naming the
+    file and line, or are skipped and counted (``data/skipped``).
+
+    Args:
+        train: the training mixture.
+        val: the validation mixture; None: the training one (stand-ins render the ``val``
+            split, files are read again: give real data its own ``val``).
+        tokenizer: a pretrained tokenizer name or path; None builds the word tokenizer of the
+            synthetic vocabulary.
+        use_tokenizer_template: use the tokenizer's chat template when it has one.
+        render_size: side of the stand-ins' rendered images (default ``image_size``); larger
+            than ``image_size`` with a ``splitter``, to stand in for high-resolution documents.
+        max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
+            model's sequence length; None: no limit.
+        on_bad_sample: ``raise`` or ``skip``.
+        train_samples / val_samples: items per epoch (each drawn from the mixture) and the
+            size of each stand-in source.
+        codec, image_size, image_tokens, splitter, tile_indicators, batch_size, num_workers,
+            seed, shuffle, mean, std, max_tokens, pack: as in ``SyntheticDataModule``; ``seed``
+            also fixes the mixture's draws.
+    """
+
+    def __init__(
+        self,
+        train: Mixture,
+        val: Mixture | None = None,
+        tokenizer: str | None = None,
+        use_tokenizer_template: bool = True,
+        codec: BoxCodec | None = None,
+        image_size: int = 64,
+        image_tokens: int = 16,
+        splitter: AnyResSplitter | None = None,
+        tile_indicators: IndicatorStyle = "none",
+        render_size: int | None = None,
+        max_sample_tokens: int | None = None,
+        on_bad_sample: OnBadSample = "skip",
+        train_samples: int = 100_000,
+        val_samples: int = 256,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+        max_tokens: int | None = None,
+        pack: int | None = None,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            codec=codec,
+            image_size=image_size,
+            image_tokens=image_tokens,
+            splitter=splitter,
+            tile_indicators=tile_indicators,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle=shuffle,
+            mean=mean,
+            std=std,
+            max_tokens=max_tokens,
+            pack=pack,
+        )
+        if not tokenizer:  # the stand-ins write words beyond the synthetic tasks' vocabulary
+            self.tokenizer = build_word_tokenizer(
+                vocabulary() | standins.vocabulary(),
+                self.codec.bins,
+                self.codec.coordinate_tokens(),
+            )
+        self.chat_template = (
+            chat_template_for(self.tokenizer) if use_tokenizer_template else ChatTemplate()
+        )
+        self.render_size = render_size or image_size
+        self.max_sample_tokens = max_sample_tokens
+        self.policy = BadSamplePolicy(on_bad_sample)
+        self.train_mixture, self.val_mixture = train, val or train
+        for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
+            shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
+            rank_zero_info(f"{name} mixture target shares: {shares}")
+        self.train_sources = self._sources(self.train_mixture, train_samples, "train")
+        self.read_skipped = sum(self.policy.counts.values())
+        """Training records skipped while reading the files (the rest are counted per batch)."""
+        self.val_sources = self._sources(self.val_mixture, val_samples, "val")
+        self.train_size, self.val_size = train_samples, val_samples
+
+    def _sources(self, mixture: Mixture, size: int, split: str) -> list[tuple[Dataset, bool]]:
+        """Each source's samples, and whether they are documents (no chat template)."""
+        sources = []
+        for source in mixture.sources:
+            if source.path is None:
+                kind = source.synthetic or source.category
+                samples = standins.StandInDataset(
+                    kind, size, self.render_size, self.codec.encode, self.seed, split
+                )
+                sources.append((samples, kind in standins.DOCUMENT_KINDS))
+            else:
+                samples = JSONSource(source.path, source.format, source.image_root, self.policy)
+                sources.append((samples, source.format in DOCUMENT_FORMATS))
+        return sources
+
+    def _mixture_set(
+        self, mixture: Mixture, sources: list[tuple[Dataset, bool]], size: int, split: str
+    ) -> MixtureDataset:
+        encoders = {
+            document: SampleEncoder(
+                self.tokenizer,
+                self.image_size,
+                self.image_tokens,
+                self.mean,
+                self.std,
+                template=DOCUMENT_TEMPLATE if document else self.chat_template,
+                splitter=self.splitter,
+                tile_indicators=self.tile_indicators,
+            )
+            for document in (False, True)
+        }
+        encoded = [
+            EncodedSource(samples, encoders[document], self.max_sample_tokens)
+            for samples, document in sources
+        ]
+        categories = [source.category for source in mixture.sources]
+        probabilities = mixture.probabilities()
+        return MixtureDataset(
+            encoded, categories, probabilities, size, self.seed, split, self.policy
+        )
+
+    def setup(self, stage: str) -> None:
+        self.train_set = self._mixture_set(
+            self.train_mixture, self.train_sources, self.train_size, "train"
+        )
+        self.val_set = self._mixture_set(self.val_mixture, self.val_sources, self.val_size, "val")
+        if self.trainer is not None and not any(
+            isinstance(c, MixtureStatsLogger) for c in self.trainer.callbacks
+        ):
+            self.trainer.callbacks.append(MixtureStatsLogger())
+
+    def train_dataloader(self) -> ResumableLoader:
+        return with_stats(super().train_dataloader())
+
+    def val_dataloader(self) -> ResumableLoader:
+        return with_stats(super().val_dataloader())
+
+
+def with_stats(loader: ResumableLoader) -> ResumableLoader:
+    """``loader`` whose batches also carry ``categories`` and ``skipped``."""
+    batches = loader.loader  # the DataLoader that ResumableLoader iterates
+    batches.collate_fn = partial(collate_with_stats, collate_fn=batches.collate_fn)
+    return loader

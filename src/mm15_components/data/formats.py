@@ -1,0 +1,257 @@
+"""Readers for data files: LLaVA-style conversations, caption pairs, interleaved documents and
+plain text, in ``.json`` (a list of records) or ``.jsonl`` (one record per line).
+
+Records are checked when a file is read, so a malformed one is reported (or skipped) before
+training starts; images are opened only in ``__getitem__``, so memory does not grow with the
+data. Every problem is a ``BadSampleError`` of one kind (``BAD_KINDS``) whose message names
+the file and line; a ``BadSamplePolicy`` raises it or skips the sample and counts it.
+
+Schemas (paths relative to the image root):
+
+- ``conversation``: ``{"id", "image": path | "images": [paths], "conversations": [{"from":
+  "human" | "gpt" | "user" | "assistant", "value": "...<image>..."}]}``, one ``<image>``
+  placeholder per image; no image key for text-only conversations. Loss on assistant turns.
+- ``caption``: ``{"id", "image": path, "caption": text}``; loss on the caption.
+- ``interleaved``: ``{"id", "images": [path | null, ...], "texts": [text | null, ...]}``, two
+  lists of the same length where slot ``k`` holds an image or a text (the other is null);
+  the document is read in slot order and the loss is on the text.
+- ``text``: ``{"id", "text": text}``; loss on the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mm15_components.data.schema import Sample, Turn
+from mm15_components.language.tokenizer import IMAGE_TOKEN
+
+Format = Literal["conversation", "caption", "interleaved", "text"]
+FORMATS: tuple[str, ...] = ("conversation", "caption", "interleaved", "text")
+DOCUMENT_FORMATS = ("caption", "interleaved", "text")
+"""Pre-training formats: the sample is one document, read without a chat template."""
+
+OnBadSample = Literal["raise", "skip"]
+BAD_KINDS = (
+    "malformed_json",
+    "malformed_record",
+    "missing_file",
+    "unreadable_image",
+    "placeholder_mismatch",
+    "no_assistant_turn",
+    "too_long",
+)
+ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+"""Speaker names of LLaVA-style files -> ``Turn`` roles."""
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be used, of one of ``BAD_KINDS``; the message says where."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in BAD_KINDS:
+            raise ValueError(f"unknown bad-sample kind {kind!r}; choose from {BAD_KINDS}")
+        super().__init__(message)
+        self.kind = kind
+
+
+class BadSamplePolicy:
+    """``raise`` re-raises a ``BadSampleError``; ``skip`` counts it per kind and warns once per
+    kind (per process: each DataLoader worker warns on its own)."""
+
+    def __init__(self, mode: OnBadSample = "skip") -> None:
+        if mode not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {mode!r}")
+        self.mode = mode
+        self.counts: Counter[str] = Counter()
+
+    def handle(self, error: BadSampleError) -> None:
+        if self.mode == "raise":
+            raise error
+        if not self.counts[error.kind]:
+            warnings.warn(
+                f"skipping bad samples of kind {error.kind!r} (warned once; counted as "
+                f"data/skipped); first: {error}",
+                stacklevel=2,
+            )
+        self.counts[error.kind] += 1
+
+
+def read_json_records(path: Path, policy: BadSamplePolicy | None = None) -> list[tuple[Any, str]]:
+    """The records of a ``.jsonl`` or ``.json`` file, each with where it is (``file:line`` or
+    ``file: record k``). A malformed ``.jsonl`` line goes to ``policy`` (default: raise)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    records.append((_loads(line, where), where))
+                except BadSampleError as error:
+                    (policy or BadSamplePolicy("raise")).handle(error)
+        return records
+    if path.suffix != ".json":
+        raise ValueError(f"{path}: expected a .json or .jsonl file")
+    data = _loads(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a .json file must hold a list of records")
+    return [(record, f"{path}: record {index}") for index, record in enumerate(data)]
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadSampleError("malformed_json", f"{where}: malformed JSON: {error}") from error
+
+
+def parse_record(record: Any, format: Format, where: str) -> tuple[list[Turn], list[str]]:
+    """A record's turns (placeholders in place) and image paths; raises ``BadSampleError``."""
+    if not isinstance(record, dict):
+        raise BadSampleError("malformed_record", f"{where}: a record must be a JSON object")
+    if format == "conversation":
+        turns, images = _conversation(record, where)
+    elif format == "caption":
+        image, caption = _string(record, "image", where), _string(record, "caption", where)
+        turns, images = [Turn("assistant", f"{IMAGE_TOKEN}\n{caption}")], [image]
+    elif format == "interleaved":
+        turns, images = _interleaved(record, where)
+    elif format == "text":
+        turns, images = [Turn("assistant", _string(record, "text", where))], []
+    else:
+        raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
+    placeholders = sum(turn.content.count(IMAGE_TOKEN) for turn in turns)
+    if placeholders != len(images):
+        raise BadSampleError(
+            "placeholder_mismatch",
+            f"{where}: the text has {placeholders} {IMAGE_TOKEN} placeholder(s) but the record "
+            f"has {len(images)} image(s)",
+        )
+    return turns, images
+
+
+def _string(record: dict, key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadSampleError("malformed_record", f"{where}: {key!r} must be a non-empty string")
+    return value
+
+
+def _conversation(record: dict, where: str) -> tuple[list[Turn], list[str]]:
+    if "image" in record:
+        images = [_string(record, "image", where)]
+    else:
+        images = record.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+            raise BadSampleError("malformed_record", f"{where}: 'images' must list path strings")
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise BadSampleError("malformed_record", f"{where}: 'conversations' must be a list")
+    turns = []
+    for message in conversations:
+        if not isinstance(message, dict) or message.get("from") not in ROLES:
+            raise BadSampleError(
+                "malformed_record", f"{where}: each message needs 'from' in {sorted(ROLES)}"
+            )
+        if not isinstance(message.get("value"), str):
+            raise BadSampleError("malformed_record", f"{where}: each message needs a 'value'")
+        turns.append(Turn(ROLES[message["from"]], message["value"]))
+    if turns[-1].role != "assistant":
+        raise BadSampleError(
+            "no_assistant_turn", f"{where}: the conversation must end with an assistant turn"
+        )
+    return turns, images
+
+
+def _interleaved(record: dict, where: str) -> tuple[list[Turn], list[str]]:
+    images, texts = record.get("images"), record.get("texts")
+    if not (isinstance(images, list) and isinstance(texts, list) and len(images) == len(texts)):
+        raise BadSampleError(
+            "malformed_record", f"{where}: 'images' and 'texts' must be lists of equal length"
+        )
+    pieces, paths = [], []
+    for image, text in zip(images, texts, strict=True):
+        if isinstance(image, str) and image and text is None:
+            pieces.append(IMAGE_TOKEN)
+            paths.append(image)
+        elif isinstance(text, str) and text and image is None:
+            pieces.append(text)
+        else:
+            raise BadSampleError(
+                "malformed_record", f"{where}: each slot holds an image or a text, the other null"
+            )
+    if all(piece == IMAGE_TOKEN for piece in pieces):
+        raise BadSampleError("no_assistant_turn", f"{where}: the document has no text")
+    return [Turn("assistant", "\n".join(pieces))], paths
+
+
+def open_image(path: Path, where: str) -> Image.Image:
+    """An RGB image, fully decoded now so a truncated file fails here, naming ``where``."""
+    if not path.is_file():
+        raise BadSampleError("missing_file", f"{where}: image {path} not found")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadSampleError(
+            "unreadable_image", f"{where}: cannot read image {path}: {error}"
+        ) from error
+
+
+class JSONSource(Dataset):
+    """The samples of one ``.json``/``.jsonl`` file in one of ``FORMATS``.
+
+    Args:
+        path: the file.
+        format: its schema (see the module docstring).
+        image_root: the folder image paths are relative to (default: the file's folder).
+        policy: what to do with bad records (raise or skip and count); records skipped while
+            reading are counted in ``policy.counts``.
+
+    Raises:
+        BadSampleError: under the ``raise`` policy, for a bad record (when reading) or a
+            missing or unreadable image (from ``__getitem__``), naming the file and line.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        format: Format = "conversation",
+        image_root: str | os.PathLike | None = None,
+        policy: BadSamplePolicy | None = None,
+    ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
+        self.path = Path(path)
+        self.format = format
+        self.image_root = Path(image_root) if image_root is not None else self.path.parent
+        policy = policy or BadSamplePolicy("raise")
+        self.records: list[tuple[str, str, list[Turn], list[str]]] = []
+        for record, where in read_json_records(self.path, policy):
+            try:
+                turns, images = parse_record(record, format, where)
+            except BadSampleError as error:
+                policy.handle(error)
+                continue
+            self.records.append((where, str(record.get("id", where)), turns, images))
+        if not self.records:
+            raise ValueError(f"{self.path}: no usable records")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        where, sample_id, turns, paths = self.records[index]
+        images = [open_image(self.image_root / path, where) for path in paths]
+        return Sample(turns=list(turns), images=images, id=sample_id)

@@ -1,0 +1,180 @@
+"""Data mixtures declared in YAML: weighted sources in categories, categories in groups.
+
+A source's probability is the product of three normalised weights: its group's among the
+groups, its category's among the categories of that group, and its own among the sources of
+that category. MM1.5's SFT mixture, for example::
+
+    groups: {single_image: 0.8, multi_image: 0.1, text_only: 0.1}
+    categories: {general: 1.0, text_rich: 3.3, refer_ground: 2.0, science: 0.1, math: 0.5,
+                 code: 0.2, multi_image: 1.0, text_only: 1.0}
+
+Draws are deterministic by ``(seed, split, index)``: sample ``i`` is the same in every
+worker, rank and resumed run, and the realised category shares can be counted without
+reading any data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from mm15_components.data.formats import BadSampleError, BadSamplePolicy, Format
+from mm15_components.data.synthetic.dataset import SPLITS
+
+
+@dataclass
+class Source:
+    """One data source of a mixture.
+
+    Args:
+        category: the category it belongs to (its realised share is logged per category).
+        group: the group of its category (default: one group for every source).
+        weight: relative to the other sources of the same category.
+        path: a ``.json``/``.jsonl`` file; None uses the synthetic stand-in ``synthetic``.
+        format: the file's schema (``conversation``, ``caption``, ``interleaved``, ``text``).
+        image_root: folder the file's image paths are relative to (default: its folder).
+        synthetic: the stand-in kind when ``path`` is None (default: ``category``), one of
+            ``mm15_components.data.synthetic.standins.KINDS``.
+    """
+
+    category: str
+    group: str = "all"
+    weight: float = 1.0
+    path: str | None = None
+    format: Format = "conversation"
+    image_root: str | None = None
+    synthetic: str | None = None
+
+
+@dataclass
+class Mixture:
+    """Sources with group and category weights (missing weights are 1.0).
+
+    Args:
+        sources: the sources.
+        groups: group -> weight among groups.
+        categories: category -> weight among the categories of its group.
+    """
+
+    sources: list[Source]
+    groups: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, float] = field(default_factory=dict)
+
+    def probabilities(self) -> np.ndarray:
+        """Each source's probability of being drawn (sums to 1)."""
+        if not self.sources:
+            raise ValueError("a mixture needs at least one source")
+        weights = [*self.groups.values(), *self.categories.values()]
+        if any(not w >= 0 for w in weights + [s.weight for s in self.sources]):
+            raise ValueError("mixture weights must be >= 0")
+        group_of = {s.category: s.group for s in self.sources}
+        for source in self.sources:
+            if group_of[source.category] != source.group:
+                raise ValueError(f"category {source.category!r} is in two groups")
+        groups = sorted(set(group_of.values()))
+        unknown = (set(self.groups) - set(groups)) | (set(self.categories) - set(group_of))
+        if unknown:
+            raise ValueError(f"weights given for groups or categories without sources: {unknown}")
+        group_weight = {g: self.groups.get(g, 1.0) for g in groups}
+        category_weight = {c: self.categories.get(c, 1.0) for c in group_of}
+        group_total = sum(group_weight.values())
+        probabilities = []
+        for source in self.sources:
+            group = group_of[source.category]
+            in_group = sum(w for c, w in category_weight.items() if group_of[c] == group)
+            in_category = sum(s.weight for s in self.sources if s.category == source.category)
+            p = group_weight[group] / group_total if group_total else 0.0
+            p *= category_weight[source.category] / in_group if in_group else 0.0
+            p *= source.weight / in_category if in_category else 0.0
+            probabilities.append(p)
+        total = sum(probabilities)
+        if not total > 0:
+            raise ValueError("the mixture's weights leave every source with probability 0")
+        return np.array(probabilities) / total
+
+    def category_shares(self) -> dict[str, float]:
+        """The target share of each category."""
+        shares: dict[str, float] = {}
+        for source, p in zip(self.sources, self.probabilities(), strict=True):
+            shares[source.category] = shares.get(source.category, 0.0) + float(p)
+        return shares
+
+
+class MixtureDataset(Dataset):
+    """``num_samples`` items drawn from ``sources`` with ``probabilities``; item ``i`` depends
+    only on ``(seed, split, i)``: a source, then a sample of it uniformly (with replacement).
+
+    A source raising ``BadSampleError`` goes to ``policy``: under ``skip`` the next sample of
+    the same source is tried, and the item records how many were skipped (``skipped``) beside
+    its ``category``.
+
+    Args:
+        sources: datasets of items (dicts), e.g. encoded samples.
+        categories: each source's category.
+        probabilities: each source's probability (``Mixture.probabilities``).
+        num_samples: the dataset's length (an epoch).
+        max_attempts: consecutive bad samples after which the source is declared unusable.
+    """
+
+    def __init__(
+        self,
+        sources: list[Dataset],
+        categories: list[str],
+        probabilities: np.ndarray,
+        num_samples: int,
+        seed: int = 0,
+        split: str = "train",
+        policy: BadSamplePolicy | None = None,
+        max_attempts: int = 100,
+    ) -> None:
+        if not len(sources) == len(categories) == len(probabilities):
+            raise ValueError("sources, categories and probabilities must have equal lengths")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        self.sources = sources
+        self.categories = categories
+        self.cumulative = np.cumsum(probabilities) / np.sum(probabilities)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.split = split
+        self.policy = policy or BadSamplePolicy("raise")
+        self.max_attempts = max_attempts
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def lengths(self) -> list[int]:
+        """Every item's token count, for batching by token budget: measured once by reading
+        every item (so an epoch's images are all decoded once, at setup) and cached."""
+        if self._lengths is None:
+            self._lengths = [len(self[i]["input_ids"]) for i in range(len(self))]
+        return self._lengths
+
+    def draw(self, index: int) -> tuple[int, int]:
+        """``(source, sample)`` of item ``index``."""
+        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        source = min(
+            int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.sources) - 1
+        )
+        return source, int(rng.integers(len(self.sources[source])))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        source, sample = self.draw(index)
+        dataset = self.sources[source]
+        for skipped in range(self.max_attempts):
+            try:
+                item = dataset[(sample + skipped) % len(dataset)]
+            except BadSampleError as error:
+                self.policy.handle(error)
+                continue
+            return {**item, "category": self.categories[source], "skipped": skipped}
+        raise RuntimeError(
+            f"{self.max_attempts} consecutive bad samples in the {self.categories[source]!r} "
+            "source; is its image root right?"
+        )

@@ -1,0 +1,262 @@
+"""Video question answering data: synthetic motion clips or LLaVA-Video-style JSON files.
+
+Every video becomes a multi-image sample: ``num_frames`` frames sampled uniformly over the
+clip, each one image of ``image_tokens`` tokens, never split into tiles (MM1.5-Video). Frames
+are decoded or rendered per sample, in ``__getitem__``, so memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
+from mm15_components.data.formats import ROLES, read_json_records
+from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.synthetic.dataset import SPLITS
+from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
+from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
+
+
+class MotionDataset(Dataset):
+    """``num_samples`` video question-answer samples; sample ``i`` of a split depends only on
+    ``(seed, split, i)``, like ``SyntheticDataset``. Frames are rendered in ``__getitem__``.
+
+    Args:
+        num_frames: frames per clip (each becomes one image of the sample).
+        questions: question kind -> sampling weight (``direction``, ``order``, ``count``).
+        fps: the clip's frame rate, for the timestamps (frame ``k`` is shown at ``k / fps``).
+        timestamp_format: see ``frame_turns``; None writes no timestamps.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        image_size: int,
+        num_frames: int,
+        questions: dict[str, float],
+        seed: int = 0,
+        split: str = "train",
+        fps: float = 2.0,
+        timestamp_format: str | None = None,
+    ) -> None:
+        unknown = set(questions) - set(QUESTIONS)
+        if unknown or not questions:
+            raise ValueError(
+                f"unknown motion questions {sorted(unknown)}; choose from {sorted(QUESTIONS)}"
+            )
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        weights = np.array(list(questions.values()), dtype=float)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"question weights must be >= 0 with a positive sum, got {questions}")
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.question_names = list(questions)
+        self.question_probs = weights / weights.sum()
+        self.num_samples = num_samples
+        self.image_size = image_size
+        self.num_frames = num_frames
+        self.seed = seed
+        self.split = split
+        self.fps = fps
+        self.timestamp_format = timestamp_format
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        clip = render_clip(rng, self.image_size, self.num_frames)
+        kind = self.question_names[int(rng.choice(len(self.question_names), p=self.question_probs))]
+        question, answer = question_answer(rng, clip, kind)
+        timestamps = [k / self.fps for k in range(self.num_frames)]
+        sample_id = f"motion-{self.split}-{index}"
+        turns = frame_turns(
+            [Turn("user", f"{question}\n{VIDEO_TOKEN}"), Turn("assistant", answer)],
+            timestamps,
+            self.timestamp_format,
+            where=sample_id,
+        )
+        return Sample(turns=turns, images=clip.frames, id=sample_id)
+
+
+class VideoJSONDataset(Dataset):
+    """LLaVA-Video-style records, one video each, frames decoded when a sample is read.
+
+    A record is ``{"id": ..., "video": path, "conversations": [{"from": "human" | "gpt",
+    "value": ...}, ...]}``; one human value holds the ``<video>`` (or ``<image>``) placeholder.
+    A ``.jsonl`` file holds one record per line, a ``.json`` file a list of records. Records are
+    checked when the file is read, so a malformed one fails before training starts; videos are
+    opened only in ``__getitem__``.
+
+    Args:
+        path: the ``.json`` or ``.jsonl`` file.
+        video_root: the folder record paths are relative to (default: the file's folder).
+        num_frames: frames sampled per video (`sample_clip`).
+        timestamp_format: text before each frame, see `frame_turns`; None writes none.
+        folder_fps: frame rate assumed for frame folders (their timestamps).
+        min_frames: fewest distinct frames a video must have; shorter videos raise (with
+            fewer than ``num_frames`` distinct frames, frames repeat to make up the count).
+
+    Raises:
+        ValueError: the file is missing or a record is malformed; the message names the file
+            and line (``.jsonl``) or record index (``.json``).
+        VideoDecodeError: from ``__getitem__``, when a video is missing, unreadable or too
+            short; the message names the record's line and the video.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        video_root: str | os.PathLike | None = None,
+        num_frames: int = 24,
+        timestamp_format: str | None = None,
+        folder_fps: float = 1.0,
+        min_frames: int = 1,
+    ) -> None:
+        if not 1 <= min_frames <= num_frames:
+            raise ValueError(f"need 1 <= min_frames <= num_frames, got {min_frames}, {num_frames}")
+        self.path = Path(path)
+        self.video_root = Path(video_root) if video_root is not None else self.path.parent
+        self.num_frames = num_frames
+        self.timestamp_format = timestamp_format
+        self.folder_fps = folder_fps
+        self.min_frames = min_frames
+        self.records = [parse_record(r, where) for r, where in read_json_records(self.path)]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        where, sample_id, video, turns = self.records[index]
+        path = self.video_root / video
+        try:
+            clip = sample_clip(path, self.num_frames, folder_fps=self.folder_fps)
+        except VideoDecodeError as error:
+            raise VideoDecodeError(f"{where}: {error}") from error
+        timestamps = clip.timestamps.tolist()
+        distinct = len(set(timestamps))
+        if distinct < self.min_frames:
+            raise VideoDecodeError(
+                f"{where}: {path}: {distinct} distinct frame(s), fewer than min_frames="
+                f"{self.min_frames}"
+            )
+        images = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in clip.frames]
+        turns = frame_turns(turns, timestamps, self.timestamp_format, where)
+        return Sample(turns=turns, images=images, id=sample_id)
+
+
+def parse_record(record: Any, where: str) -> tuple[str, str, str, list[Turn]]:
+    """``(where, id, video path, turns)`` of one record; raises naming ``where``."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a record must be a JSON object")
+    video = record.get("video")
+    if not isinstance(video, str) or not video:
+        raise ValueError(f"{where}: 'video' must be a non-empty path string")
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise ValueError(f"{where}: 'conversations' must be a non-empty list")
+    turns = []
+    for message in conversations:
+        if not isinstance(message, dict) or message.get("from") not in ROLES:
+            raise ValueError(f"{where}: each message needs 'from' in {sorted(ROLES)}")
+        if not isinstance(message.get("value"), str):
+            raise ValueError(f"{where}: each message needs a string 'value'")
+        turns.append(Turn(ROLES[message["from"]], message["value"]))
+    if turns[-1].role != "assistant":
+        raise ValueError(f"{where}: the conversation must end with a 'gpt' message")
+    frame_turns(turns, [], where=where)  # checks the placeholder now, not mid-epoch
+    return where, str(record.get("id", where)), video, turns
+
+
+class VideoDataModule(SyntheticDataModule):
+    """Video question answering: each split from synthetic motion clips (direction of
+    motion, order of appearance, counting) or, when given, a LLaVA-Video-style JSON file.
+
+    It shares ``SyntheticDataModule``'s tokenizer, sample encoder and loaders (hence the
+    subclass): by default the same word tokenizer, so a model trained on the synthetic image
+    tasks validates on video without training. Frames are never split (no AnyRes).
+
+    Args:
+        tokenizer: a pretrained tokenizer name or path; None builds the synthetic word one.
+        codec: the box codec, as in ``SyntheticDataModule`` (it shapes the tokenizer).
+        train_json / val_json: ``.json``/``.jsonl`` files for that split; None renders
+            synthetic motion clips.
+        video_root: folder the JSON video paths are relative to (default: each file's folder).
+        num_frames: frames per video (MM1.5: 24).
+        image_size: frame side in pixels fed to the encoder (frames are resized to a square).
+        image_tokens: LLM tokens per frame; must equal the model's ``tokens_per_image``.
+        timestamp_format: text before each frame, formatted with ``seconds`` and ``index``,
+            e.g. ``"{seconds:.1f} s:"``; None writes none.
+        folder_fps: frame rate assumed for JSON records that point at frame folders.
+        min_frames: fewest distinct frames a JSON video must have.
+        questions: synthetic question kind -> weight (``direction``, ``order``, ``count``).
+        fps: frame rate of the synthetic clips (their timestamps).
+        train_samples / val_samples: synthetic split sizes.
+        batch_size / num_workers / seed / shuffle: loader settings; ``seed`` fixes every
+            synthetic sample.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        codec: BoxCodec | None = None,
+        train_json: str | None = None,
+        val_json: str | None = None,
+        video_root: str | None = None,
+        num_frames: int = 24,
+        image_size: int = 64,
+        image_tokens: int = 16,
+        timestamp_format: str | None = None,
+        folder_fps: float = 1.0,
+        min_frames: int = 1,
+        questions: dict[str, float] | None = None,
+        fps: float = 2.0,
+        train_samples: int = 100_000,
+        val_samples: int = 128,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            codec=codec,
+            image_size=image_size,
+            image_tokens=image_tokens,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle=shuffle,
+            mean=mean,
+            std=std,
+        )
+        questions = questions or dict.fromkeys(QUESTIONS, 1.0)
+
+        def source(json_path: str | None, size: int, split: str) -> Dataset:
+            if json_path is not None:
+                return VideoJSONDataset(
+                    json_path, video_root, num_frames, timestamp_format, folder_fps, min_frames
+                )
+            return MotionDataset(
+                size, image_size, num_frames, questions, seed, split, fps, timestamp_format
+            )
+
+        self.train_samples = source(train_json, train_samples, "train")
+        self.val_samples = source(val_json, val_samples, "val")
+
+    def setup(self, stage: str) -> None:
+        self.train_set = EncodedDataset(self.train_samples, self._encoder())
+        self.val_set = EncodedDataset(self.val_samples, self._encoder())
