@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mm15_components.cli import main
@@ -46,15 +47,23 @@ def test_tiny_recipes_run_one_step(recipe, tmp_path):
     )
 
 
-def test_config_is_saved_with_each_run(tmp_path):
+def test_config_and_latest_checkpoint_are_saved_with_each_run(tmp_path):
+    """The resolved config is saved, and last.ckpt is the latest step even when validation
+    never improves (an untrained model scores 0 grounding accuracy at every check)."""
     main(
         [
             "fit",
             "--config",
             str(QUICKSTART),
-            "--trainer.max_steps=1",
+            "--trainer.max_steps=3",
+            "--trainer.val_check_interval=1",
+            "--trainer.limit_val_batches=1",
             "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp_path}",
             "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.val_samples=4",
+            "--data.init_args.tasks={grounding: 1.0}",
             "--trainer.logger=CSVLogger",
             f"--trainer.logger.save_dir={tmp_path}",
         ]
@@ -62,8 +71,10 @@ def test_config_is_saved_with_each_run(tmp_path):
     saved = list(tmp_path.rglob("config.yaml"))
     assert saved, "no config.yaml written"
     config = yaml.safe_load(saved[0].read_text())
-    assert config["trainer"]["max_steps"] == 1
+    assert config["trainer"]["max_steps"] == 3
     assert list(tmp_path.rglob("metrics.csv"))
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert torch.load(last, weights_only=False)["global_step"] == 3
 
 
 def test_config_key_typo_is_named(capsys):
