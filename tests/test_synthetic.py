@@ -28,6 +28,7 @@ def test_target_box_is_the_tight_box_of_the_drawn_shape():
     rng = np.random.default_rng()
     for _ in range(50):
         shapes = sample_shapes(rng, 64)
+        assert len({s.colour for s in shapes}) == len(shapes)  # the colour names the shape
         pixels = np.asarray(draw_shapes(rng, shapes, 64)).astype(int)
         for shape in shapes:
             same = np.abs(pixels - COLOURS[shape.colour]).sum(-1) == 0

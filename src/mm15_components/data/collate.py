@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.schema import Box, Sample
-from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate
+from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate, ConversationTemplate
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.vision.anyres import (
     AnyResSplitter,
@@ -52,7 +52,7 @@ class SampleEncoder:
         image_tokens: int,
         mean: Sequence[float],
         std: Sequence[float],
-        template: ChatTemplate | None = None,
+        template: ConversationTemplate | None = None,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
         baseline_box: Box | None = None,

@@ -22,11 +22,10 @@ from mm15_components.data.formats import (
 )
 from mm15_components.data.mixture import Mixture, MixtureDataset
 from mm15_components.data.sampler import ResumableLoader
+from mm15_components.data.shards import open_source
 from mm15_components.data.synthetic import standins
-from mm15_components.data.synthetic.dataset import vocabulary
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate, chat_template_for
-from mm15_components.language.tokenizer import build_word_tokenizer
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
@@ -139,6 +138,8 @@ class ConversationDataModule(SyntheticDataModule):
             also fixes the mixture's draws.
     """
 
+    tokenizer_words = frozenset(standins.vocabulary())  # the stand-ins write more words
+
     def __init__(
         self,
         train: Mixture,
@@ -180,12 +181,6 @@ class ConversationDataModule(SyntheticDataModule):
             max_tokens=max_tokens,
             pack=pack,
         )
-        if not tokenizer:  # the stand-ins write words beyond the synthetic tasks' vocabulary
-            self.tokenizer = build_word_tokenizer(
-                vocabulary() | standins.vocabulary(),
-                self.codec.bins,
-                self.codec.coordinate_tokens(),
-            )
         self.chat_template = (
             chat_template_for(self.tokenizer) if use_tokenizer_template else ChatTemplate()
         )
@@ -213,7 +208,7 @@ class ConversationDataModule(SyntheticDataModule):
                 )
                 sources.append((samples, kind in standins.DOCUMENT_KINDS))
             else:
-                samples = JSONSource(source.path, source.format, source.image_root, self.policy)
+                samples = open_source(source.path, source.format, source.image_root, self.policy)
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
+from typing import ClassVar
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.batching import TokenBudgetBatchSampler
 from mm15_components.data.collate import SampleEncoder, collate
@@ -16,6 +19,17 @@ from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.tokenizer import build_word_tokenizer, load_tokenizer
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
+
+
+def data_tokenizer(
+    name: str | None, codec: BoxCodec, extra_words: Iterable[str] = ()
+) -> PreTrainedTokenizerBase:
+    """The pretrained tokenizer ``name`` or, when None, the word tokenizer of the synthetic
+    vocabulary and ``extra_words``; either way with ``codec``'s coordinate tokens."""
+    if name:
+        return load_tokenizer(name, codec.coordinate_tokens())
+    words = vocabulary() | set(extra_words)
+    return build_word_tokenizer(words, codec.bins, codec.coordinate_tokens())
 
 
 class EncodedDataset(Dataset):
@@ -68,6 +82,9 @@ class SyntheticDataModule(L.LightningDataModule):
             sample attending only to itself (``data.packing``). None: one sample per row.
     """
 
+    tokenizer_words: ClassVar[frozenset[str]] = frozenset()
+    """Words the default tokenizer knows beyond the synthetic tasks' vocabulary."""
+
     def __init__(
         self,
         tokenizer: str | None = None,
@@ -90,12 +107,7 @@ class SyntheticDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.codec = codec or BoxCodec()
-        if tokenizer:
-            self.tokenizer = load_tokenizer(tokenizer, self.codec.coordinate_tokens())
-        else:
-            self.tokenizer = build_word_tokenizer(
-                vocabulary(), self.codec.bins, self.codec.coordinate_tokens()
-            )
+        self.tokenizer = data_tokenizer(tokenizer, self.codec, self.tokenizer_words)
         tasks = tasks or {"grounding": 0.75, "text": 0.25}
         make = partial(
             SyntheticDataset,

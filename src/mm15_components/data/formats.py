@@ -25,7 +25,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -44,6 +44,7 @@ BAD_KINDS = (
     "malformed_record",
     "missing_file",
     "unreadable_image",
+    "unreadable_shard",
     "placeholder_mismatch",
     "no_assistant_turn",
     "too_long",
@@ -97,19 +98,20 @@ def read_json_records(path: Path, policy: BadSamplePolicy | None = None) -> list
                     continue
                 where = f"{path}:{number}"
                 try:
-                    records.append((_loads(line, where), where))
+                    records.append((load_json(line, where), where))
                 except BadSampleError as error:
                     (policy or BadSamplePolicy("raise")).handle(error)
         return records
     if path.suffix != ".json":
         raise ValueError(f"{path}: expected a .json or .jsonl file")
-    data = _loads(path.read_text(encoding="utf-8"), str(path))
+    data = load_json(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(data, list):
         raise ValueError(f"{path}: a .json file must hold a list of records")
     return [(record, f"{path}: record {index}") for index, record in enumerate(data)]
 
 
-def _loads(text: str, where: str) -> Any:
+def load_json(text: str, where: str) -> Any:
+    """``text`` parsed as JSON; raises ``BadSampleError`` (``malformed_json``) naming ``where``."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -200,12 +202,18 @@ def open_image(path: Path, where: str) -> Image.Image:
     """An RGB image, fully decoded now so a truncated file fails here, naming ``where``."""
     if not path.is_file():
         raise BadSampleError("missing_file", f"{where}: image {path} not found")
+    return decode_image(path, where, str(path))
+
+
+def decode_image(file: Path | BinaryIO, where: str, name: str) -> Image.Image:
+    """The RGB image in ``file`` (a path or a binary stream), fully decoded now so a truncated
+    one fails here; errors name ``where`` and the image's ``name``."""
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
         raise BadSampleError(
-            "unreadable_image", f"{where}: cannot read image {path}: {error}"
+            "unreadable_image", f"{where}: cannot read image {name}: {error}"
         ) from error
 
 

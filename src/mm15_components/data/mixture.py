@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy, Format
-from mm15_components.data.synthetic.dataset import SPLITS
+from mm15_components.data.synthetic.dataset import SeededDataset
 
 
 @dataclass
@@ -33,9 +33,12 @@ class Source:
         category: the category it belongs to (its realised share is logged per category).
         group: the group of its category (default: one group for every source).
         weight: relative to the other sources of the same category.
-        path: a ``.json``/``.jsonl`` file; None uses the synthetic stand-in ``synthetic``.
-        format: the file's schema (``conversation``, ``caption``, ``interleaved``, ``text``).
-        image_root: folder the file's image paths are relative to (default: its folder).
+        path: a ``.json``/``.jsonl`` file, or ``.tar`` shards (a path or a glob, e.g.
+            ``/data/cc3m/*.tar``: ``shards.ShardSource``); None uses the synthetic stand-in
+            ``synthetic``.
+        format: the records' schema (``conversation``, ``caption``, ``interleaved``, ``text``).
+        image_root: folder a file's image paths are relative to (default: its folder); unset
+            for shards, whose images are their members.
         synthetic: the stand-in kind when ``path`` is None (default: ``category``), one of
             ``mm15_components.data.synthetic.standins.KINDS``.
     """
@@ -103,7 +106,7 @@ class Mixture:
         return shares
 
 
-class MixtureDataset(Dataset):
+class MixtureDataset(SeededDataset):
     """``num_samples`` items drawn from ``sources`` with ``probabilities``; item ``i`` depends
     only on ``(seed, split, i)``: a source, then a sample of it uniformly (with replacement).
 
@@ -132,20 +135,13 @@ class MixtureDataset(Dataset):
     ) -> None:
         if not len(sources) == len(categories) == len(probabilities):
             raise ValueError("sources, categories and probabilities must have equal lengths")
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        super().__init__(num_samples, seed, split)
         self.sources = sources
         self.categories = categories
         self.cumulative = np.cumsum(probabilities) / np.sum(probabilities)
-        self.num_samples = num_samples
-        self.seed = seed
-        self.split = split
         self.policy = policy or BadSamplePolicy("raise")
         self.max_attempts = max_attempts
         self._lengths: list[int] | None = None
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def lengths(self) -> list[int]:
         """Every item's token count, for batching by token budget: measured once by reading
@@ -156,15 +152,13 @@ class MixtureDataset(Dataset):
 
     def draw(self, index: int) -> tuple[int, int]:
         """``(source, sample)`` of item ``index``."""
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        rng = self.generator(index)
         source = min(
             int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.sources) - 1
         )
         return source, int(rng.integers(len(self.sources[source])))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         source, sample = self.draw(index)
         dataset = self.sources[source]
         for skipped in range(self.max_attempts):

@@ -13,11 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.datamodule import data_tokenizer
 from mm15_components.data.schema import Sample, Turn
-from mm15_components.data.synthetic.dataset import vocabulary
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
-from mm15_components.language.tokenizer import IMAGE_TOKEN, build_word_tokenizer, load_tokenizer
+from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
@@ -80,12 +80,7 @@ class QueryDataModule(L.LightningDataModule):
         self.video = video
         self.num_frames = num_frames
         self.codec = codec or BoxCodec()
-        if tokenizer:
-            self.tokenizer = load_tokenizer(tokenizer, self.codec.coordinate_tokens())
-        else:
-            self.tokenizer = build_word_tokenizer(
-                vocabulary(), self.codec.bins, self.codec.coordinate_tokens()
-            )
+        self.tokenizer = data_tokenizer(tokenizer, self.codec)
         self._warn_unknown_words()
         self.encoder = SampleEncoder(
             self.tokenizer,

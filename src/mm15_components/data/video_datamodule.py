@@ -11,21 +11,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
 from mm15_components.data.formats import ROLES, read_json_records
 from mm15_components.data.schema import Sample, Turn
-from mm15_components.data.synthetic.dataset import SPLITS
+from mm15_components.data.synthetic.dataset import SeededDataset, sampling_probabilities
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
 from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 
-class MotionDataset(Dataset):
+class MotionDataset(SeededDataset):
     """``num_samples`` video question-answer samples; sample ``i`` of a split depends only on
     ``(seed, split, i)``, like ``SyntheticDataset``. Frames are rendered in ``__getitem__``.
 
@@ -47,35 +46,19 @@ class MotionDataset(Dataset):
         fps: float = 2.0,
         timestamp_format: str | None = None,
     ) -> None:
-        unknown = set(questions) - set(QUESTIONS)
-        if unknown or not questions:
-            raise ValueError(
-                f"unknown motion questions {sorted(unknown)}; choose from {sorted(QUESTIONS)}"
-            )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
-        weights = np.array(list(questions.values()), dtype=float)
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"question weights must be >= 0 with a positive sum, got {questions}")
+        self.question_names, self.question_probs = sampling_probabilities(
+            questions, QUESTIONS, "motion questions"
+        )
+        super().__init__(num_samples, seed, split)
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        self.question_names = list(questions)
-        self.question_probs = weights / weights.sum()
-        self.num_samples = num_samples
         self.image_size = image_size
         self.num_frames = num_frames
-        self.seed = seed
-        self.split = split
         self.fps = fps
         self.timestamp_format = timestamp_format
 
-    def __len__(self) -> int:
-        return self.num_samples
-
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        rng = self.generator(index)
         clip = render_clip(rng, self.image_size, self.num_frames)
         kind = self.question_names[int(rng.choice(len(self.question_names), p=self.question_probs))]
         question, answer = question_answer(rng, clip, kind)

@@ -3,6 +3,7 @@ labels, image expansion."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,17 +32,9 @@ class EncodedConversation:
     prompt_length: int
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A plain template that works with any tokenizer: ``User: ...`` / ``Assistant: ...</s>``.
-
-    Each answer ends with the tokenizer's end-of-sequence token, which is also what stops
-    generation. Loss is taken on the answer text and that end token only.
-    """
-
-    user_prefix: str = "User: "
-    assistant_prefix: str = "Assistant: "
-    separator: str = "\n"
+class ConversationTemplate(ABC):
+    """Writes a conversation as token ids with answer-only labels; subclasses choose how the
+    text is rendered (``text_ids``)."""
 
     def encode(
         self,
@@ -55,6 +48,35 @@ class ChatTemplate:
         in error messages."""
         if not turns or turns[-1].role != "assistant":
             raise ValueError(f"{where}: a conversation must end with an assistant turn")
+        input_ids, labels, prompt_length = self.text_ids(tokenizer, turns, where)
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        input_ids, labels, prompt_length = expand_image_tokens(
+            input_ids, labels, prompt_length, image_token_id, image_tokens, where
+        )
+        return EncodedConversation(input_ids, labels, prompt_length)
+
+    @abstractmethod
+    def text_ids(
+        self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
+    ) -> tuple[list[int], list[int], int]:
+        """``(input_ids, labels, prompt_length)`` of the text, each ``<image>`` one token."""
+
+
+@dataclass(frozen=True)
+class ChatTemplate(ConversationTemplate):
+    """A plain template that works with any tokenizer: ``User: ...`` / ``Assistant: ...</s>``.
+
+    Each answer ends with the tokenizer's end-of-sequence token, which is also what stops
+    generation. Loss is taken on the answer text and that end token only.
+    """
+
+    user_prefix: str = "User: "
+    assistant_prefix: str = "Assistant: "
+    separator: str = "\n"
+
+    def text_ids(
+        self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
+    ) -> tuple[list[int], list[int], int]:
         input_ids: list[int] = []
         labels: list[int] = []
         prompt_length = 0
@@ -78,15 +100,11 @@ class ChatTemplate:
                 sep = tokenizer(self.separator, add_special_tokens=False).input_ids
                 input_ids += sep
                 labels += [IGNORE_INDEX] * len(sep)
-        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        input_ids, labels, prompt_length = expand_image_tokens(
-            input_ids, labels, prompt_length, image_token_id, image_tokens, where
-        )
-        return EncodedConversation(input_ids, labels, prompt_length)
+        return input_ids, labels, prompt_length
 
 
 @dataclass(frozen=True)
-class TokenizerChatTemplate:
+class TokenizerChatTemplate(ConversationTemplate):
     """The tokenizer's own chat template (``tokenizer.chat_template``, Jinja), with loss on
     the assistant turns only.
 
@@ -96,16 +114,9 @@ class TokenizerChatTemplate:
     as a prefix of the whole conversation (all common ones do); one that does not is an error.
     """
 
-    def encode(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        turns: Sequence[Turn],
-        image_tokens: Sequence[Sequence[int]],
-        where: str = "sample",
-    ) -> EncodedConversation:
-        """As ``ChatTemplate.encode``, with the text rendered by the tokenizer's template."""
-        if not turns or turns[-1].role != "assistant":
-            raise ValueError(f"{where}: a conversation must end with an assistant turn")
+    def text_ids(
+        self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
+    ) -> tuple[list[int], list[int], int]:
         messages = [{"role": turn.role, "content": turn.content} for turn in turns]
         input_ids: list[int] = []
         labels: list[int] = []
@@ -131,11 +142,7 @@ class TokenizerChatTemplate:
             input_ids += ids
             labels += ids
             rendered = whole
-        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        input_ids, labels, prompt_length = expand_image_tokens(
-            input_ids, labels, prompt_length, image_token_id, image_tokens, where
-        )
-        return EncodedConversation(input_ids, labels, prompt_length)
+        return input_ids, labels, prompt_length
 
 
 def chat_template_for(tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerChatTemplate:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -15,7 +15,42 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 TASKS = ("grounding", "referring", "find_all", "text")
 
 
-class SyntheticDataset(Dataset):
+class SeededDataset(Dataset):
+    """``num_samples`` samples, each drawn from its own generator seeded by ``(seed, split,
+    index)``, so any worker, rank or resumed run reads the same sample."""
+
+    def __init__(self, num_samples: int, seed: int = 0, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def generator(self, index: int, *key: int) -> np.random.Generator:
+        """The generator of sample ``index``, seeded by ``(seed, split, *key, index)``."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
+        return np.random.default_rng([self.seed, SPLITS[self.split], *key, index])
+
+
+def sampling_probabilities(
+    weights: dict[str, float], known: Iterable[str], what: str
+) -> tuple[list[str], np.ndarray]:
+    """The names in ``weights`` and their probabilities (weights over their sum). ``what``
+    names the things weighted in errors, e.g. ``"synthetic tasks"``."""
+    unknown = set(weights) - set(known)
+    if unknown or not weights:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; choose from {sorted(known)}")
+    values = np.array(list(weights.values()), dtype=float)
+    if (values < 0).any() or values.sum() <= 0:
+        raise ValueError(f"weights of {what} must be >= 0 with a positive sum, got {weights}")
+    return list(weights), values / values.sum()
+
+
+class SyntheticDataset(SeededDataset):
     """``num_samples`` samples of a task mixture; sample ``i`` of a split depends only on
     ``(seed, split, i)``, so any worker, rank or resumed run renders the same sample.
 
@@ -34,29 +69,13 @@ class SyntheticDataset(Dataset):
         seed: int = 0,
         split: str = "train",
     ) -> None:
-        unknown = set(tasks) - set(TASKS)
-        if unknown or not tasks:
-            raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; choose from {TASKS}")
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
-        weights = np.array(list(tasks.values()), dtype=float)
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"task weights must be >= 0 with a positive sum, got {tasks}")
-        self.task_names = list(tasks)
-        self.task_probs = weights / weights.sum()
-        self.num_samples = num_samples
+        self.task_names, self.task_probs = sampling_probabilities(tasks, TASKS, "synthetic tasks")
+        super().__init__(num_samples, seed, split)
         self.image_size = image_size
         self.encode_box = encode_box
-        self.seed = seed
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
+        rng = self.generator(index)
         task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
         if task == "text":
             sample = text.text_sample(rng, self.image_size)

@@ -15,11 +15,10 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from mm15_components.data.schema import Box, Sample, Turn
 from mm15_components.data.synthetic import shapes, text
-from mm15_components.data.synthetic.dataset import SPLITS
+from mm15_components.data.synthetic.dataset import SeededDataset
 from mm15_components.data.synthetic.shapes import Shape
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
@@ -158,7 +157,7 @@ def vocabulary() -> set[str]:
     return set(words.split())
 
 
-class StandInDataset(Dataset):
+class StandInDataset(SeededDataset):
     """``num_samples`` samples of one stand-in ``kind``; sample ``i`` depends only on
     ``(seed, split, kind, i)``, like ``SyntheticDataset``."""
 
@@ -173,22 +172,13 @@ class StandInDataset(Dataset):
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown synthetic stand-in {kind!r}; choose from {sorted(KINDS)}")
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        super().__init__(num_samples, seed, split)
         self.kind = kind
-        self.num_samples = num_samples
         self.image_size = image_size
         self.encode_box = encode_box
-        self.seed = seed
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        key = [self.seed, SPLITS[self.split], zlib.crc32(self.kind.encode()), index]
-        sample = KINDS[self.kind](np.random.default_rng(key), self.image_size, self.encode_box)
+        rng = self.generator(index, zlib.crc32(self.kind.encode()))
+        sample = KINDS[self.kind](rng, self.image_size, self.encode_box)
         sample.id = f"{self.kind}-{self.split}-{index}"
         return sample
