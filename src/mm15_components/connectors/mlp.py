@@ -26,8 +26,9 @@ def patch_grid(num_patches: int, grid_size: tuple[int, int] | None) -> tuple[int
 class MLPProjector(nn.Module):
     """LLaVA-1.5's two-layer GELU MLP, after an optional ``pool`` x ``pool`` average pooling.
 
-    Pooling cuts the image tokens per image by ``pool**2``: few tokens make a tiny model learn
-    to localise quickly, and the pooled tokens keep their spatial order.
+    Pooling cuts the image tokens per image by ``pool**2`` (a cheaper sequence) and keeps
+    their spatial order; for grounding a tiny model learns far sooner from every patch
+    (``pool=1``, see docs/quickstart.md).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, pool: int = 1):
