@@ -3,6 +3,7 @@ the batches training consumed so a checkpoint can continue the exact data order.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list[int]], ABC):
     """This rank's batches of each epoch, from a position ``(epoch, consumed)``.
 
     Subclasses say how an epoch's batches are formed (``epoch_batches``, over all ranks); this
@@ -39,9 +40,9 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.consumed = 0
 
+    @abstractmethod
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """Every rank's batches of ``epoch``, in order."""
-        raise NotImplementedError
 
     def generator(self, epoch: int) -> torch.Generator:
         """The random source of ``epoch``'s order."""

@@ -31,19 +31,21 @@ class CoordinateGroundingHead(nn.Module):
         self.sigma = sigma
         self.weight = weight
         self.register_buffer("coordinate_ids", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("bin_lookup", torch.empty(0, dtype=torch.long), persistent=False)
 
     def bind(self, coordinate_ids: list[int]) -> None:
         """The token id of each bin value ``0..bins-1`` (see ``coordinate_token_ids``)."""
-        self.coordinate_ids = torch.tensor(coordinate_ids, device=self.coordinate_ids.device)
+        device = self.coordinate_ids.device
+        self.coordinate_ids = torch.tensor(coordinate_ids, device=device)
+        # token id -> bin value (-1 for other tokens), built once for every forward
+        self.bin_lookup = torch.full((max(coordinate_ids) + 1,), -1, device=device)
+        self.bin_lookup[self.coordinate_ids] = torch.arange(len(coordinate_ids), device=device)
 
     def bin_of_token(self, labels: torch.Tensor) -> torch.Tensor:
         """Bin value of each label that is a coordinate token, -1 elsewhere."""
-        lookup = torch.full(
-            (int(self.coordinate_ids.max()) + 1,), -1, dtype=torch.long, device=labels.device
-        )
-        lookup[self.coordinate_ids] = torch.arange(len(self.coordinate_ids), device=labels.device)
-        inside = (labels >= 0) & (labels < len(lookup))
-        return torch.where(inside, lookup[labels.clamp(0, len(lookup) - 1)], -1)
+        size = len(self.bin_lookup)
+        inside = (labels >= 0) & (labels < size)
+        return torch.where(inside, self.bin_lookup[labels.clamp(0, size - 1)], -1)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Summed soft-label cross-entropy (times ``weight``) over coordinate positions.
