@@ -7,10 +7,15 @@ from mm15_components.grounding.codec import BoxCodec
 from mm15_components.metrics.grounding import GroundingAccuracy
 
 
-def make(split="val", n=400, tasks=None):
+def make(split="val", n=400, tasks=None, questions=1):
     codec = BoxCodec()
     return SyntheticDataset(
-        n, 64, tasks or {"grounding": 1.0}, lambda b, s: codec.encode(b, image_size=s), split=split
+        n,
+        64,
+        tasks or {"grounding": 1.0},
+        lambda b, s: codec.encode(b, image_size=s),
+        split=split,
+        questions=questions,
     )
 
 
@@ -37,6 +42,28 @@ def test_target_box_is_the_tight_box_of_the_drawn_shape():
                 continue
             ys, xs = np.nonzero(same)
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == shape.box
+
+
+def test_more_questions_ask_about_each_shape_once_and_keep_the_first_turn():
+    """Each extra turn asks about another shape of the same image; the answers are the boxes
+    of the shapes named (found by colour in the pixels); the first turn is the one-question
+    sample's, so ``questions`` only adds turns."""
+    codec = BoxCodec()
+    one, three = make("train", 40), make("train", 40, questions=3)
+    for i in range(len(three)):
+        sample = three[i]
+        assert sample.turns[:2] == one[i].turns
+        pixels = np.asarray(sample.images[0]).astype(int)
+        questions, answers = sample.turns[0::2], sample.turns[1::2]
+        colours = [q.content.split()[3] for q in questions]
+        assert len(set(colours)) == len(colours) and 1 <= len(colours) <= 3
+        assert "<image>" not in "".join(q.content for q in questions[1:])
+        for colour, answer in zip(colours, answers, strict=True):
+            ys, xs = np.nonzero(np.abs(pixels - COLOURS[colour]).sum(-1) == 0)
+            drawn = codec.encode((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), (64, 64))
+            assert answer.content == drawn
+        assert codec.encode(sample.target_box, (64, 64)) == answers[-1].content
+    assert np.mean([len(three[i].turns) // 2 for i in range(len(three))]) > 1.5  # most have 2+
 
 
 def test_constant_answer_baseline_is_weak():

@@ -72,6 +72,9 @@ class SyntheticDataModule(L.LightningDataModule):
         codec: writes the answer boxes (default: Ferret's text style, 1000 bins); the CLI hands
             it to the model, which reads answers with it.
         train_samples / val_samples: split sizes.
+        train_questions: grounding questions per training image (one per shape, up to this
+            many turns): more box answers per encoded image. Validation asks one, so its
+            numbers compare across settings.
         batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample and the
             order of every epoch.
         shuffle: shuffle training samples each epoch.
@@ -96,6 +99,7 @@ class SyntheticDataModule(L.LightningDataModule):
         codec: BoxCodec | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
+        train_questions: int = 1,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
@@ -116,7 +120,7 @@ class SyntheticDataModule(L.LightningDataModule):
             encode_box=self.codec.encode,
             seed=seed,
         )
-        self.train_samples = make(train_samples, split="train")
+        self.train_samples = make(train_samples, split="train", questions=train_questions)
         self.val_samples = make(val_samples, split="val")
         self.image_size = image_size
         self.image_tokens = image_tokens

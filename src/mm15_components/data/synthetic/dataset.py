@@ -58,6 +58,8 @@ class SyntheticDataset(SeededDataset):
         tasks: task name -> sampling weight: ``grounding`` (shape -> box), ``referring``
             (box in the question -> colour), ``find_all`` (kind -> every box) or ``text`` (OCR).
         encode_box: writes a pixel box and the image (height, width) as answer text.
+        questions: grounding questions per image, one per shape up to this many (a longer
+            conversation gives more box answers per encoded image).
     """
 
     def __init__(
@@ -68,20 +70,25 @@ class SyntheticDataset(SeededDataset):
         encode_box: Callable[[Box, tuple[int, int]], str],
         seed: int = 0,
         split: str = "train",
+        questions: int = 1,
     ) -> None:
+        if questions < 1:
+            raise ValueError(f"questions must be at least 1, got {questions}")
         self.task_names, self.task_probs = sampling_probabilities(tasks, TASKS, "synthetic tasks")
         super().__init__(num_samples, seed, split)
         self.image_size = image_size
         self.encode_box = encode_box
+        self.questions = questions
 
     def __getitem__(self, index: int) -> Sample:
         rng = self.generator(index)
         task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
         if task == "text":
             sample = text.text_sample(rng, self.image_size)
+        elif task == "grounding":
+            sample = shapes.grounding_sample(rng, self.image_size, self.encode_box, self.questions)
         else:
             make = {
-                "grounding": shapes.grounding_sample,
                 "referring": shapes.referring_sample,
                 "find_all": shapes.find_all_sample,
             }[task]

@@ -88,15 +88,28 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
     return image
 
 
-def grounding_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
-    """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``."""
+def grounding_sample(
+    rng: np.random.Generator, size: int, encode_box, questions: int = 1
+) -> Sample:
+    """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``.
+
+    With ``questions > 1`` the conversation goes on about the image's other shapes (up to
+    ``questions`` turns, one per shape): more box answers per encoded image. ``target_box``
+    is the last answer's box.
+    """
     shapes = sample_shapes(rng, size)
     image = draw_shapes(rng, shapes, size)
-    target = shapes[int(rng.integers(len(shapes)))]
-    question = QUESTION.format(colour=target.colour, kind=target.kind)
-    answer = encode_box(target.box, (size, size))
-    # Question first: image tokens can then attend to what is asked (causal attention).
-    turns = [Turn("user", f"{question}\n<image>"), Turn("assistant", answer)]
+    order = [int(rng.integers(len(shapes)))]
+    if questions > 1:
+        others = [i for i in rng.permutation(len(shapes)).tolist() if i != order[0]]
+        order += others[: questions - 1]
+    turns = []
+    for number, index in enumerate(order):
+        target = shapes[index]
+        question = QUESTION.format(colour=target.colour, kind=target.kind)
+        # Question first: image tokens can then attend to what is asked (causal attention).
+        user = f"{question}\n<image>" if number == 0 else question
+        turns += [Turn("user", user), Turn("assistant", encode_box(target.box, (size, size)))]
     return Sample(turns=turns, images=[image], target_box=tuple(float(v) for v in target.box))
 
 
