@@ -88,9 +88,7 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
     return image
 
 
-def grounding_sample(
-    rng: np.random.Generator, size: int, encode_box, questions: int = 1
-) -> Sample:
+def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions: int = 1) -> Sample:
     """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``.
 
     With ``questions > 1`` the conversation goes on about the image's other shapes (up to
