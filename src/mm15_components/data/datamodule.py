@@ -62,7 +62,7 @@ class SyntheticDataModule(L.LightningDataModule):
         tokenizer: a pretrained tokenizer name or path; None builds the word-level tokenizer of
             the synthetic vocabulary locally (one token per word, per number below the codec's
             bins and per coordinate token of the codec's ``tokens`` style).
-        tasks: task -> sampling weight (``grounding``, ``text``).
+        tasks: task -> sampling weight (``grounding``, ``referring``, ``find_all``, ``text``).
         image_size: rendered image side in pixels (also the encoder input size).
         image_tokens: LLM tokens per image (per tile when splitting); must equal the model's
             ``tokens_per_image``.
