@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -85,10 +86,9 @@ class SyntheticDataset(SeededDataset):
         task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
         if task == "text":
             sample = text.text_sample(rng, self.image_size)
-        elif task == "grounding":
-            sample = shapes.grounding_sample(rng, self.image_size, self.encode_box, self.questions)
         else:
             make = {
+                "grounding": partial(shapes.grounding_sample, questions=self.questions),
                 "referring": shapes.referring_sample,
                 "find_all": shapes.find_all_sample,
             }[task]

@@ -97,12 +97,10 @@ def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions:
     """
     shapes = sample_shapes(rng, size)
     image = draw_shapes(rng, shapes, size)
-    order = [int(rng.integers(len(shapes)))]
-    if questions > 1:
-        others = [i for i in rng.permutation(len(shapes)).tolist() if i != order[0]]
-        order += others[: questions - 1]
+    first = int(rng.integers(len(shapes)))
+    others = [i for i in rng.permutation(len(shapes)).tolist() if i != first]
     turns = []
-    for number, index in enumerate(order):
+    for number, index in enumerate([first, *others][:questions]):
         target = shapes[index]
         question = QUESTION.format(colour=target.colour, kind=target.kind)
         # Question first: image tokens can then attend to what is asked (causal attention).
