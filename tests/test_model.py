@@ -86,3 +86,28 @@ def test_batched_generation_equals_naive_greedy_per_sample(module):
         )
         got = new[row].tolist()[: len(expected)]
         assert got == expected
+
+
+def attention_kernels_run(model, ids, pixels, autocast: bool) -> set[str]:
+    """Names of the attention ops a forward+backward of ``model`` runs."""
+    with (
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile,
+        torch.autocast("cpu", torch.bfloat16, enabled=autocast),
+    ):
+        model(ids, None, pixels).float().sum().backward()
+    return {e.key for e in profile.key_averages() if "attention" in e.key or "softmax" in e.key}
+
+
+def test_cpu_bf16_training_takes_the_math_attention_path_and_tracks_fp32(module):
+    model = module.model.train()
+    ids = torch.tensor([[5, *[model.image_token_id] * model.tokens_per_image, 6, 7, 8]])
+    pixels = torch.randn(1, 3, 64, 64)
+    fused = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert fused in attention_kernels_run(model, ids, pixels, autocast=False)
+    bf16_ops = attention_kernels_run(model, ids, pixels, autocast=True)
+    assert fused not in bf16_ops and "aten::_softmax" in bf16_ops
+    with torch.no_grad():
+        reference = model(ids, None, pixels)
+        with torch.autocast("cpu", torch.bfloat16):
+            mixed = model(ids, None, pixels)
+    torch.testing.assert_close(mixed.float(), reference, atol=0.1, rtol=0.05)

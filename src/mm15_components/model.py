@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mm15_components.connectors.mlp import MLPProjector
 from mm15_components.language.decoder import CausalLM
@@ -88,7 +90,9 @@ class MM15Model(nn.Module):
     ) -> torch.Tensor:
         """Next-token logits ``[B, T, vocab]``; packed rows pass ``position_ids`` that restart
         at each sample and no ``attention_mask`` (see ``data.packing``)."""
-        return self.language(self.embed(input_ids, pixel_values), attention_mask, position_ids)
+        with attention_kernels(input_ids.device, next(self.language.parameters()).dtype):
+            embeds = self.embed(input_ids, pixel_values)
+            return self.language(embeds, attention_mask, position_ids)
 
     @torch.no_grad()
     def generate(
@@ -101,3 +105,21 @@ class MM15Model(nn.Module):
         """Continue left-padded prompts; returns only the generated token ids."""
         embeds = self.embed(input_ids, pixel_values)
         return self.language.generate(embeds, attention_mask, **kwargs)
+
+
+def attention_kernels(
+    device: torch.device, dtype: torch.dtype
+) -> contextlib.AbstractContextManager:
+    """The scaled-dot-product attention kernels to train with.
+
+    On CPU in bf16 (``bf16-mixed`` autocast or bf16 weights) torch's fused flash kernel is the
+    slow one: its backward takes 2-3x the fp32 kernel's time on short sequences, and the plain
+    matmul-softmax ("math") path is faster (benchmarks/precision.py). The math path keeps the
+    ``[B, heads, T, T]`` attention weights for backward, as eager attention does. Elsewhere
+    torch chooses.
+    """
+    if device.type == "cpu":
+        autocast = torch.is_autocast_enabled("cpu")
+        if (torch.get_autocast_dtype("cpu") if autocast else dtype) == torch.bfloat16:
+            return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
