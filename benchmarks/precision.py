@@ -5,7 +5,8 @@ one in fp32 and one under ``torch.autocast("cpu", torch.bfloat16)`` (what Lightn
 ``precision: bf16-mixed`` does; weights and optimizer state stay fp32). Steps alternate
 between the two, so load from other processes hits both alike. Prints the median step time of
 each, their ratio, and the answer loss of both copies along the way: bf16 is only worth it
-where the losses track.
+where the losses track. A third copy runs bf16 with torch's own attention kernel choice (the
+fused CPU kernel) instead of the math path ``MM15Model`` takes in CPU bf16.
 
     python benchmarks/precision.py [--config recipes/quickstart.yaml --steps 40 --threads 2]
 """
@@ -18,12 +19,31 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from unittest import mock
 
 import torch
 from lightning.pytorch import LightningDataModule
 
+from mm15_components import model as model_module
 from mm15_components.cli import MM15CLI
 from mm15_components.module import MM15Module
+
+Precision = Callable[[], contextlib.AbstractContextManager]
+
+
+def bf16() -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", torch.bfloat16)
+
+
+@contextlib.contextmanager
+def bf16_fused_attention():
+    """bf16 autocast, attention kernel left to torch."""
+    torch_choice = mock.patch.object(
+        model_module, "attention_kernels", lambda *_: contextlib.nullcontext()
+    )
+    with torch_choice, bf16():
+        yield
 
 
 def build(config: str) -> tuple[MM15Module, LightningDataModule]:
@@ -40,11 +60,12 @@ def build(config: str) -> tuple[MM15Module, LightningDataModule]:
     return cli.model, cli.datamodule
 
 
-def train_step(module: MM15Module, optimizer: torch.optim.Optimizer, batch, bf16: bool):
+def train_step(
+    module: MM15Module, optimizer: torch.optim.Optimizer, batch, precision: Precision
+) -> tuple[float, float]:
     """One optimizer step on the mean answer-token loss; returns (seconds, loss)."""
-    autocast = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
     start = time.perf_counter()
-    with autocast:
+    with precision():
         loss_sum, count, _ = module.answer_loss(batch)
     loss = loss_sum / count.clamp(min=1)
     loss.backward()
@@ -64,20 +85,24 @@ def main() -> None:
     del sys.argv[1:]  # read above; the recipe's parser must not see them
 
     torch.set_num_threads(args.threads)
-    fp32_module, data = build(args.config)
-    bf16_module = copy.deepcopy(fp32_module)
+    module, data = build(args.config)
     data.setup("fit")
-    contenders = {
-        "fp32": (fp32_module, torch.optim.AdamW(fp32_module.parameters(), lr=args.lr), False),
-        "bf16-mixed": (bf16_module, torch.optim.AdamW(bf16_module.parameters(), lr=args.lr), True),
+    precisions: dict[str, Precision] = {
+        "fp32": contextlib.nullcontext,
+        "bf16-mixed": bf16,
+        "bf16, fused attention": bf16_fused_attention,
     }
+    contenders = {}
+    for name, precision in precisions.items():
+        copied = copy.deepcopy(module)
+        contenders[name] = (copied, torch.optim.AdamW(copied.parameters(), lr=args.lr), precision)
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     losses: dict[str, list[float]] = {name: [] for name in contenders}
     batches = iter(data.train_dataloader())
     for step in range(args.warmup + args.steps):
         batch = next(batches)
-        for name, (module, optimizer, bf16) in contenders.items():
-            took, loss = train_step(module, optimizer, batch, bf16)
+        for name, (copied, optimizer, precision) in contenders.items():
+            took, loss = train_step(copied, optimizer, batch, precision)
             losses[name].append(loss)
             if step >= args.warmup:
                 seconds[name].append(took)
@@ -90,12 +115,14 @@ def main() -> None:
     medians = {name: statistics.median(times) for name, times in seconds.items()}
     for name, median in medians.items():
         fastest = min(seconds[name])
-        print(f"{name:>10}: {median * 1e3:7.1f} ms per step (median; fastest {fastest * 1e3:.1f})")
-    print(f"bf16-mixed / fp32 speed: {medians['fp32'] / medians['bf16-mixed']:.2f}x (medians)")
+        print(
+            f"{name:>21}: {median * 1e3:7.1f} ms per step (median; fastest {fastest * 1e3:.1f}), "
+            f"speed {medians['fp32'] / median:.2f}x fp32"
+        )
     shown = range(0, len(losses["fp32"]), max(1, len(losses["fp32"]) // 6))
-    print("answer loss    step: " + " ".join(f"{i:6d}" for i in shown))
+    print(f"{'answer loss at step':>21}: " + " ".join(f"{i:6d}" for i in shown))
     for name, values in losses.items():
-        print(f"{name:>19}: " + " ".join(f"{values[i]:6.3f}" for i in shown))
+        print(f"{name:>21}: " + " ".join(f"{values[i]:6.3f}" for i in shown))
 
 
 if __name__ == "__main__":
