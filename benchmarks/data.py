@@ -30,11 +30,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mm15_components.cli import MM15CLI
+from mm15_components.cli import build_from_config
 from mm15_components.data import SyntheticDataModule
 from mm15_components.data.datamodule import EncodedDataset
 from mm15_components.data.schema import Sample
-from mm15_components.module import MM15Module
 from mm15_components.vision.anyres import AnyResSplitter
 
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
@@ -101,15 +100,7 @@ def model_rate(steps: int, threads: int) -> float:
     """The quickstart recipe's model and data: training samples per second (forward,
     backward, AdamW step), batches prepared beforehand."""
     torch.set_num_threads(threads)
-    cli = MM15CLI(
-        MM15Module,
-        SyntheticDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=["--config", str(QUICKSTART), "--data.init_args.num_workers=0"],
-        run=False,
-    )
-    module, data = cli.model, cli.datamodule
+    module, data = build_from_config(str(QUICKSTART), "--data.init_args.num_workers=0")
     data.setup("fit")
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     batches = iter(data.train_dataloader())

@@ -23,10 +23,9 @@ from collections.abc import Callable
 from unittest import mock
 
 import torch
-from lightning.pytorch import LightningDataModule
 
 from mm15_components import model as model_module
-from mm15_components.cli import MM15CLI
+from mm15_components.cli import build_from_config
 from mm15_components.module import MM15Module
 
 Precision = Callable[[], contextlib.AbstractContextManager]
@@ -44,20 +43,6 @@ def bf16_fused_attention():
     )
     with torch_choice, bf16():
         yield
-
-
-def build(config: str) -> tuple[MM15Module, LightningDataModule]:
-    """The recipe's model and data, as ``mm15 fit --config`` would build them."""
-    cli = MM15CLI(
-        MM15Module,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=["--config", config, "--trainer.logger=false"],
-    )
-    cli.model.configure_model()
-    return cli.model, cli.datamodule
 
 
 def train_step(
@@ -85,7 +70,8 @@ def main() -> None:
     del sys.argv[1:]  # read above; the recipe's parser must not see them
 
     torch.set_num_threads(args.threads)
-    module, data = build(args.config)
+    module, data = build_from_config(args.config)
+    module.configure_model()
     data.setup("fit")
     precisions: dict[str, Precision] = {
         "fp32": contextlib.nullcontext,

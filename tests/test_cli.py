@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from mm15_components.cli import main
+from mm15_components.cli import build_from_config, main
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
@@ -94,3 +94,11 @@ def test_inspect_command(tmp_path, capsys):
     # Eq. 1 by hand: 2x3 is the least-padding grid that covers 1000x600 at scale 567/500
     assert "2 rows x 3 cols" in report and "1008 (7 x 144)" in report
     assert Image.open(out).size[0] > 0
+
+
+def test_build_from_config_links_data_to_model_and_takes_overrides():
+    module, data = build_from_config(str(QUICKSTART), "--data.init_args.batch_size=5")
+    assert data.batch_size == 5
+    assert module.tokenizer is data.tokenizer
+    embeddings = module.model.language.model.get_input_embeddings()
+    assert embeddings.num_embeddings == len(data.tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -41,18 +42,29 @@ def inspect_command(args: list[str]) -> None:
     print(inspect_image(image, AnyResSplitter(**config), tokens, output))
 
 
-def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["inspect"]:
-        return inspect_command(argv[1:])
-    MM15CLI(
+def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
+    return MM15CLI(
         MM15Module,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
         args=args,
+        **kwargs,
     )
+
+
+def build_from_config(config: str, *overrides: str) -> tuple[MM15Module, LightningDataModule]:
+    """A recipe's model and data, built as ``mm15 fit --config CONFIG OVERRIDES...`` builds
+    them (tokenizer and codec linked), without training: for scripts and notebooks."""
+    cli = _cli(["--config", config, *overrides], run=False)
+    return cli.model, cli.datamodule
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["inspect"]:
+        return inspect_command(argv[1:])
+    _cli(args, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

@@ -118,8 +118,8 @@ def attention_kernels(
     ``[B, heads, T, T]`` attention weights for backward, as eager attention does. Elsewhere
     torch chooses.
     """
-    if device.type == "cpu":
-        autocast = torch.is_autocast_enabled("cpu")
-        if (torch.get_autocast_dtype("cpu") if autocast else dtype) == torch.bfloat16:
-            return sdpa_kernel([SDPBackend.MATH])
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return sdpa_kernel([SDPBackend.MATH])
     return contextlib.nullcontext()
