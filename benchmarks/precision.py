@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from unittest import mock
@@ -67,7 +66,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
-    del sys.argv[1:]  # read above; the recipe's parser must not see them
 
     torch.set_num_threads(args.threads)
     module, data = build_from_config(args.config)

@@ -96,8 +96,12 @@ def test_inspect_command(tmp_path, capsys):
     assert Image.open(out).size[0] > 0
 
 
-def test_build_from_config_links_data_to_model_and_takes_overrides():
+def test_build_from_config_links_data_to_model_and_takes_overrides(monkeypatch, recwarn):
+    script_argv = ["script.py", "run.ckpt", "--steps", "3"]  # a script's own arguments
+    monkeypatch.setattr(sys, "argv", list(script_argv))
     module, data = build_from_config(str(QUICKSTART), "--data.init_args.batch_size=5")
+    assert sys.argv == script_argv
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
     assert data.batch_size == 5
     assert module.tokenizer is data.tokenizer
     embeddings = module.model.language.model.get_input_embeddings()

@@ -55,8 +55,13 @@ def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
 
 def build_from_config(config: str, *overrides: str) -> tuple[MM15Module, LightningDataModule]:
     """A recipe's model and data, built as ``mm15 fit --config CONFIG OVERRIDES...`` builds
-    them (tokenizer and codec linked), without training: for scripts and notebooks."""
-    cli = _cli(["--config", config, *overrides], run=False)
+    them (tokenizer and codec linked), without training: for scripts and notebooks. The
+    calling script's own command-line arguments are not read."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = _cli(["--config", config, *overrides], run=False)
+    finally:
+        sys.argv = argv
     return cli.model, cli.datamodule
 
 

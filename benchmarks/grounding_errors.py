@@ -1,0 +1,104 @@
+"""Where a trained grounding model's validation misses are.
+
+Loads a checkpoint of a recipe, answers the recipe's validation grounding questions greedily
+(as validation does) and sorts each answer by the number of shapes in its image:
+
+- hit: IoU >= 0.5 with the shape asked about (what ``val/grounding_acc`` counts);
+- other shape: IoU >= 0.5 with another shape of the image (the wrong one was picked);
+- loose: IoU 0.1-0.5 with the shape asked about;
+- near other: IoU 0.1-0.5 with another shape;
+- nowhere: everything else, unparseable answers included.
+
+    python benchmarks/grounding_errors.py CHECKPOINT [--config recipes/grounding.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+
+from mm15_components.cli import build_from_config
+from mm15_components.data.synthetic import shapes
+from mm15_components.metrics.grounding import box_iou, first_boxes
+
+KINDS = ("hit", "other shape", "loose", "near other", "nowhere")
+
+
+def shapes_per_sample(dataset) -> list[list[shapes.Shape]]:
+    """The shapes drawn for each sample of a synthetic dataset (empty for other tasks)."""
+    drawn: list[shapes.Shape] = []
+    draw = shapes.sample_shapes
+
+    def record(*args, **kwargs):
+        drawn[:] = draw(*args, **kwargs)
+        return list(drawn)
+
+    shapes.sample_shapes = record
+    try:
+        result = []
+        for index in range(len(dataset)):
+            drawn.clear()
+            dataset[index]
+            result.append(list(drawn))
+        return result
+    finally:
+        shapes.sample_shapes = draw
+
+
+def classify(iou_target: float, iou_others: list[float]) -> str:
+    best_other = max(iou_others, default=0.0)
+    if iou_target >= 0.5:
+        return "hit"
+    if best_other >= 0.5:
+        return "other shape"
+    if iou_target >= 0.1:
+        return "loose"
+    return "near other" if best_other >= 0.1 else "nowhere"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--config", default="recipes/grounding.yaml")
+    args = parser.parse_args()
+    module, data = build_from_config(args.config)
+    module.load_state_dict(torch.load(args.checkpoint, map_location="cpu")["state_dict"])
+    module.eval()
+    data.setup("validate")
+    drawn = iter(shapes_per_sample(data.val_samples))
+    counts: Counter[tuple[int, str]] = Counter()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        for batch in data.val_dataloader():
+            rows = torch.isfinite(batch["target_boxes"]).all(-1)
+            batch_shapes = [next(drawn) for _ in rows]
+            images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
+            answers = module.generate(
+                batch["prompt_ids"][rows], batch["prompt_mask"][rows], batch["pixel_values"][images]
+            )
+            sizes = batch["image_sizes"][rows].tolist()
+            decoded = [
+                module.codec.decode(a, image_size=tuple(hw))
+                for a, hw in zip(answers, sizes, strict=True)
+            ]
+            targets = batch["target_boxes"][rows]
+            grounding = [s for s, row in zip(batch_shapes, rows.tolist(), strict=True) if row]
+            for box, target, image_shapes in zip(
+                first_boxes(decoded), targets, grounding, strict=True
+            ):
+                boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
+                ious = box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)
+                asked = (boxes == target).all(-1)
+                label = classify(float(ious[asked].sum()), ious[~asked].tolist())
+                counts[len(image_shapes), label] += 1
+    shape_counts = sorted({n for n, _ in counts})
+    print(f"{args.checkpoint}: validation grounding answers by shapes in the image")
+    print(f"{'shapes':>6} {'answers':>7} " + " ".join(f"{k:>11}" for k in KINDS))
+    for n in [*shape_counts, None]:
+        row = [sum(counts[m, k] for m in shape_counts if n in (None, m)) for k in KINDS]
+        print(f"{n or 'all':>6} {sum(row):>7} " + " ".join(f"{v:>11}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
