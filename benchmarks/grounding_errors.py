@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from unittest import mock
 
 import torch
 
@@ -27,24 +28,22 @@ KINDS = ("hit", "other shape", "loose", "near other", "nowhere")
 
 
 def shapes_per_sample(dataset) -> list[list[shapes.Shape]]:
-    """The shapes drawn for each sample of a synthetic dataset (empty for other tasks)."""
+    """The shapes drawn for each sample of a synthetic dataset (empty for other tasks), read
+    by wrapping the drawing function while each sample is rendered."""
     drawn: list[shapes.Shape] = []
     draw = shapes.sample_shapes
 
-    def record(*args, **kwargs):
+    def record(*args, **kwargs) -> list[shapes.Shape]:
         drawn[:] = draw(*args, **kwargs)
         return list(drawn)
 
-    shapes.sample_shapes = record
-    try:
-        result = []
+    per_sample = []
+    with mock.patch.object(shapes, "sample_shapes", record):
         for index in range(len(dataset)):
             drawn.clear()
             dataset[index]
-            result.append(list(drawn))
-        return result
-    finally:
-        shapes.sample_shapes = draw
+            per_sample.append(list(drawn))
+    return per_sample
 
 
 def classify(iou_target: float, iou_others: list[float]) -> str:
