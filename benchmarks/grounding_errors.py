@@ -22,7 +22,7 @@ import torch
 
 from mm15_components.cli import build_from_config
 from mm15_components.data.synthetic import shapes
-from mm15_components.metrics.grounding import box_iou, first_boxes
+from mm15_components.metrics.grounding import box_iou
 
 KINDS = ("hit", "other shape", "loose", "near other", "nowhere")
 
@@ -72,19 +72,10 @@ def main() -> None:
         for batch in data.val_dataloader():
             rows = torch.isfinite(batch["target_boxes"]).all(-1)
             batch_shapes = [next(drawn) for _ in rows]
-            images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
-            answers = module.generate(
-                batch["prompt_ids"][rows], batch["prompt_mask"][rows], batch["pixel_values"][images]
-            )
-            sizes = batch["image_sizes"][rows].tolist()
-            decoded = [
-                module.codec.decode(a, image_size=tuple(hw))
-                for a, hw in zip(answers, sizes, strict=True)
-            ]
             targets = batch["target_boxes"][rows]
             grounding = [s for s, row in zip(batch_shapes, rows.tolist(), strict=True) if row]
             for box, target, image_shapes in zip(
-                first_boxes(decoded), targets, grounding, strict=True
+                module.predict_boxes(batch, rows), targets, grounding, strict=True
             ):
                 boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
                 ious = box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)

@@ -169,19 +169,7 @@ class MM15Module(L.LightningModule):
 
     def evaluate_grounding(self, batch: dict[str, Any], rows: torch.Tensor) -> None:
         """Greedy answers for grounding samples, scored by IoU against the target box."""
-        keep_images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
-        answers = self.generate(
-            batch["prompt_ids"][rows],
-            batch["prompt_mask"][rows],
-            batch["pixel_values"][keep_images],
-        )
-        sizes = batch["image_sizes"][rows].tolist()
-        predicted = first_boxes(
-            [
-                self.codec.decode(a, image_size=tuple(hw))
-                for a, hw in zip(answers, sizes, strict=True)
-            ]
-        )
+        predicted = self.predict_boxes(batch, rows)
         targets = batch["target_boxes"][rows]
         self.val_grounding_acc.update(predicted, targets)
         self.val_mean_iou.update(predicted, targets)
@@ -191,6 +179,23 @@ class MM15Module(L.LightningModule):
         if torch.isfinite(baseline).all():
             self.val_grounding_acc_const.update(baseline, targets)
             self.log("val/grounding_acc_const", self.val_grounding_acc_const)
+
+    def predict_boxes(self, batch: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
+        """``[rows, 4]`` first box of the greedy answer to each selected sample of a batch
+        (pixels of its image; NaN where the answer has none)."""
+        keep_images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
+        answers = self.generate(
+            batch["prompt_ids"][rows],
+            batch["prompt_mask"][rows],
+            batch["pixel_values"][keep_images],
+        )
+        sizes = batch["image_sizes"][rows].tolist()
+        return first_boxes(
+            [
+                self.codec.decode(a, image_size=tuple(hw))
+                for a, hw in zip(answers, sizes, strict=True)
+            ]
+        )
 
     def generate(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor
