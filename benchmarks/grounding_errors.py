@@ -9,6 +9,10 @@ Loads a checkpoint of a recipe, answers the recipe's validation grounding questi
 - near other: IoU 0.1-0.5 with another shape;
 - nowhere: everything else, unparseable answers included.
 
+Then it asks about every shape of each validation image with two or more shapes, one question
+each, and counts the images where all the answers point at one shape (the shape an answer
+points at: the one it overlaps most, IoU >= 0.1): a model that does so ignores the question.
+
     python benchmarks/grounding_errors.py CHECKPOINT [--config recipes/grounding.yaml]
 """
 
@@ -19,8 +23,13 @@ from collections import Counter
 from unittest import mock
 
 import torch
+from PIL import Image
 
+from mm15_components import MM15Module
 from mm15_components.cli import build_from_config
+from mm15_components.data import SyntheticDataModule
+from mm15_components.data.collate import collate
+from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic import shapes
 from mm15_components.metrics.grounding import box_iou
 
@@ -57,6 +66,56 @@ def classify(iou_target: float, iou_others: list[float]) -> str:
     return "near other" if best_other >= 0.1 else "nowhere"
 
 
+def pointed_at(box: torch.Tensor, image_shapes: list[shapes.Shape]) -> int | None:
+    """Index of the shape a predicted box overlaps most (IoU >= 0.1), or None."""
+    boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
+    ious = box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)
+    return int(ious.argmax()) if float(ious.max()) >= 0.1 else None
+
+
+def ask_every_shape(
+    module: MM15Module,
+    data: SyntheticDataModule,
+    images_and_shapes: list[tuple[Image.Image, list[shapes.Shape]]],
+) -> Counter[str]:
+    """Asks about every shape of each image, one question each (as validation asks); counts
+    the answers pointing at the shape asked, at another, at none, and the images whose
+    answers all point at one shape."""
+    size = data.image_size
+    items, asked = [], []
+    for number, (image, image_shapes) in enumerate(images_and_shapes):
+        for index, shape in enumerate(image_shapes):
+            question = shapes.QUESTION.format(colour=shape.colour, kind=shape.kind)
+            sample = Sample(
+                turns=[
+                    Turn("user", f"{question}\n<image>"),
+                    Turn("assistant", data.codec.encode(shape.box, (size, size))),
+                ],
+                images=[image],
+                target_box=tuple(float(v) for v in shape.box),
+            )
+            items.append(data.val_set.encoder(sample))
+            asked.append((number, index, image_shapes))
+    pointed: dict[int, list[int | None]] = {}
+    counts: Counter[str] = Counter()
+    for start in range(0, len(items), data.batch_size):
+        batch = collate(items[start : start + data.batch_size], data.tokenizer.pad_token_id)
+        rows = torch.ones(len(batch["image_sizes"]), dtype=torch.bool)
+        chunk = asked[start : start + data.batch_size]
+        for box, (number, index, image_shapes) in zip(
+            module.predict_boxes(batch, rows), chunk, strict=True
+        ):
+            shape = pointed_at(box, image_shapes)
+            where = "none" if shape is None else "asked" if shape == index else "another"
+            counts[where] += 1
+            pointed.setdefault(number, []).append(shape)
+    counts["images"] = len(pointed)
+    counts["one shape for all"] = sum(
+        len(set(p)) == 1 and p[0] is not None for p in pointed.values()
+    )
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -66,7 +125,8 @@ def main() -> None:
     module.load_state_dict(torch.load(args.checkpoint, map_location="cpu")["state_dict"])
     module.eval()
     data.setup("validate")
-    drawn = iter(shapes_per_sample(data.val_samples))
+    drawn_per_sample = shapes_per_sample(data.val_samples)
+    drawn = iter(drawn_per_sample)
     counts: Counter[tuple[int, str]] = Counter()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         for batch in data.val_dataloader():
@@ -88,6 +148,19 @@ def main() -> None:
     for n in [*shape_counts, None]:
         row = [sum(counts[m, k] for m in shape_counts if n in (None, m)) for k in KINDS]
         print(f"{n or 'all':>6} {sum(row):>7} " + " ".join(f"{v:>11}" for v in row))
+    several = [
+        (data.val_samples[i].images[0], found)
+        for i, found in enumerate(drawn_per_sample)
+        if len(found) >= 2
+    ]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        every = ask_every_shape(module, data, several)
+    print(
+        f"every shape asked, {every['images']} images with 2+ shapes: answers on the shape "
+        f"asked {every['asked']}, on another {every['another']}, on none "
+        f"{every['none']}; images whose answers all point at one shape "
+        f"{every['one shape for all']}"
+    )
 
 
 if __name__ == "__main__":
