@@ -72,9 +72,9 @@ class SyntheticDataModule(L.LightningDataModule):
         codec: writes the answer boxes (default: Ferret's text style, 1000 bins); the CLI hands
             it to the model, which reads answers with it.
         train_samples / val_samples: split sizes.
-        train_questions: grounding questions per training image (up to this many turns, no
-            more than it has shapes, each about a shape drawn afresh): more box answers per
-            encoded image. Validation asks one, so its numbers compare across settings.
+        train_questions: grounding questions per training image (one per shape, up to this
+            many turns): more box answers per encoded image. Validation asks one, so its
+            numbers compare across settings.
         batch_size / num_workers / seed: loader settings; ``seed`` fixes every sample and the
             order of every epoch.
         shuffle: shuffle training samples each epoch.

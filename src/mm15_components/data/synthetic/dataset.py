@@ -59,9 +59,8 @@ class SyntheticDataset(SeededDataset):
         tasks: task name -> sampling weight: ``grounding`` (shape -> box), ``referring``
             (box in the question -> colour), ``find_all`` (kind -> every box) or ``text`` (OCR).
         encode_box: writes a pixel box and the image (height, width) as answer text.
-        questions: grounding questions per image, up to this many and no more than it has
-            shapes, each about a shape drawn afresh (a longer conversation gives more box
-            answers per encoded image).
+        questions: grounding questions per image, one per shape up to this many (a longer
+            conversation gives more box answers per encoded image).
     """
 
     def __init__(

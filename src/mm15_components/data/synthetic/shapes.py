@@ -91,18 +91,16 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
 def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions: int = 1) -> Sample:
     """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``.
 
-    With ``questions > 1`` the conversation goes on (up to ``questions`` turns, as many as
-    the image has shapes): more box answers per encoded image. Each later turn asks about a
-    shape drawn afresh, repeats allowed: were each shape asked once, "the shape not boxed
-    yet" would answer the later turns without reading the question, and a model trained so
-    learns to ignore it. ``target_box`` is the last answer's box.
+    With ``questions > 1`` the conversation goes on about the image's other shapes (up to
+    ``questions`` turns, one per shape): more box answers per encoded image. ``target_box``
+    is the last answer's box.
     """
     shapes = sample_shapes(rng, size)
     image = draw_shapes(rng, shapes, size)
     first = int(rng.integers(len(shapes)))
-    later = rng.integers(len(shapes), size=min(questions, len(shapes)) - 1).tolist()
+    others = [i for i in rng.permutation(len(shapes)).tolist() if i != first]
     turns = []
-    for number, index in enumerate([first, *later]):
+    for number, index in enumerate([first, *others][:questions]):
         target = shapes[index]
         question = QUESTION.format(colour=target.colour, kind=target.kind)
         # Question first: image tokens can then attend to what is asked (causal attention).
