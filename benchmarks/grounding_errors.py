@@ -36,9 +36,9 @@ from mm15_components.metrics.grounding import box_iou
 KINDS = ("hit", "other shape", "loose", "near other", "nowhere")
 
 
-def shapes_per_sample(dataset) -> list[list[shapes.Shape]]:
-    """The shapes drawn for each sample of a synthetic dataset (empty for other tasks), read
-    by wrapping the drawing function while each sample is rendered."""
+def drawn_samples(dataset) -> list[tuple[Sample, list[shapes.Shape]]]:
+    """Each sample of a synthetic dataset with the shapes drawn for it (none for other
+    tasks), read by wrapping the drawing function while the sample is rendered."""
     drawn: list[shapes.Shape] = []
     draw = shapes.sample_shapes
 
@@ -46,13 +46,18 @@ def shapes_per_sample(dataset) -> list[list[shapes.Shape]]:
         drawn[:] = draw(*args, **kwargs)
         return list(drawn)
 
-    per_sample = []
+    samples = []
     with mock.patch.object(shapes, "sample_shapes", record):
         for index in range(len(dataset)):
             drawn.clear()
-            dataset[index]
-            per_sample.append(list(drawn))
-    return per_sample
+            samples.append((dataset[index], list(drawn)))
+    return samples
+
+
+def shape_ious(box: torch.Tensor, image_shapes: list[shapes.Shape]) -> torch.Tensor:
+    """IoU of one predicted box with each shape of its image (0 for a missing box)."""
+    boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
+    return box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)
 
 
 def classify(iou_target: float, iou_others: list[float]) -> str:
@@ -68,8 +73,7 @@ def classify(iou_target: float, iou_others: list[float]) -> str:
 
 def pointed_at(box: torch.Tensor, image_shapes: list[shapes.Shape]) -> int | None:
     """Index of the shape a predicted box overlaps most (IoU >= 0.1), or None."""
-    boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
-    ious = box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)
+    ious = shape_ious(box, image_shapes)
     return int(ious.argmax()) if float(ious.max()) >= 0.1 else None
 
 
@@ -125,8 +129,8 @@ def main() -> None:
     module.load_state_dict(torch.load(args.checkpoint, map_location="cpu")["state_dict"])
     module.eval()
     data.setup("validate")
-    drawn_per_sample = shapes_per_sample(data.val_samples)
-    drawn = iter(drawn_per_sample)
+    samples = drawn_samples(data.val_samples)
+    drawn = iter(found for _, found in samples)
     counts: Counter[tuple[int, str]] = Counter()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         for batch in data.val_dataloader():
@@ -137,24 +141,18 @@ def main() -> None:
             for box, target, image_shapes in zip(
                 module.predict_boxes(batch, rows), targets, grounding, strict=True
             ):
-                boxes = torch.tensor([s.box for s in image_shapes], dtype=torch.float32)
-                ious = box_iou(box.expand_as(boxes), boxes).nan_to_num(0.0)
-                asked = (boxes == target).all(-1)
+                ious = shape_ious(box, image_shapes)
+                asked = torch.tensor([s.box for s in image_shapes]).eq(target).all(-1)
                 label = classify(float(ious[asked].sum()), ious[~asked].tolist())
                 counts[len(image_shapes), label] += 1
+        several = [(sample.images[0], found) for sample, found in samples if len(found) >= 2]
+        every = ask_every_shape(module, data, several)
     shape_counts = sorted({n for n, _ in counts})
     print(f"{args.checkpoint}: validation grounding answers by shapes in the image")
     print(f"{'shapes':>6} {'answers':>7} " + " ".join(f"{k:>11}" for k in KINDS))
     for n in [*shape_counts, None]:
         row = [sum(counts[m, k] for m in shape_counts if n in (None, m)) for k in KINDS]
         print(f"{n or 'all':>6} {sum(row):>7} " + " ".join(f"{v:>11}" for v in row))
-    several = [
-        (data.val_samples[i].images[0], found)
-        for i, found in enumerate(drawn_per_sample)
-        if len(found) >= 2
-    ]
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        every = ask_every_shape(module, data, several)
     print(
         f"every shape asked, {every['images']} images with 2+ shapes: answers on the shape "
         f"asked {every['asked']}, on another {every['another']}, on none "
