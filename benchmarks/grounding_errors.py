@@ -12,6 +12,8 @@ Loads a checkpoint of a recipe, answers the recipe's validation grounding questi
 Then it asks about every shape of each validation image with two or more shapes, one question
 each, and counts the images where all the answers point at one shape (the shape an answer
 points at: the one it overlaps most, IoU >= 0.1): a model that does so ignores the question.
+Last it asks the referring question ("What colour is the shape at [..]?") about every shape of
+every validation image and counts the answers naming its colour, another shape's, or neither.
 
     python benchmarks/grounding_errors.py CHECKPOINT [--config recipes/grounding.yaml]
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import torch
@@ -77,6 +81,20 @@ def pointed_at(box: torch.Tensor, image_shapes: list[shapes.Shape]) -> int | Non
     return int(ious.argmax()) if float(ious.max()) >= 0.1 else None
 
 
+def encoded_batches(data: SyntheticDataModule, samples: list[Sample]) -> Iterator[dict[str, Any]]:
+    """Batches of ``samples`` encoded as validation encodes them, in order."""
+    items = [data.val_set.encoder(sample) for sample in samples]
+    for start in range(0, len(items), data.batch_size):
+        yield collate(items[start : start + data.batch_size], data.tokenizer.pad_token_id)
+
+
+def ask(question: str, answer: str, image: Image.Image) -> Sample:
+    """A one-turn sample asking ``question`` about ``image``, question first as in training."""
+    return Sample(
+        turns=[Turn("user", f"{question}\n<image>"), Turn("assistant", answer)], images=[image]
+    )
+
+
 def ask_every_shape(
     module: MM15Module,
     data: SyntheticDataModule,
@@ -86,37 +104,57 @@ def ask_every_shape(
     the answers pointing at the shape asked, at another, at none, and the images whose
     answers all point at one shape."""
     size = data.image_size
-    items, asked = [], []
+    samples, asked = [], []
     for number, (image, image_shapes) in enumerate(images_and_shapes):
         for index, shape in enumerate(image_shapes):
             question = shapes.QUESTION.format(colour=shape.colour, kind=shape.kind)
-            sample = Sample(
-                turns=[
-                    Turn("user", f"{question}\n<image>"),
-                    Turn("assistant", data.codec.encode(shape.box, (size, size))),
-                ],
-                images=[image],
-                target_box=tuple(float(v) for v in shape.box),
-            )
-            items.append(data.val_set.encoder(sample))
+            samples.append(ask(question, data.codec.encode(shape.box, (size, size)), image))
             asked.append((number, index, image_shapes))
+    boxes = [
+        box
+        for batch in encoded_batches(data, samples)
+        for box in module.predict_boxes(batch, torch.ones(len(batch["ids"]), dtype=torch.bool))
+    ]
     pointed: dict[int, list[int | None]] = {}
     counts: Counter[str] = Counter()
-    for start in range(0, len(items), data.batch_size):
-        batch = collate(items[start : start + data.batch_size], data.tokenizer.pad_token_id)
-        rows = torch.ones(len(batch["image_sizes"]), dtype=torch.bool)
-        chunk = asked[start : start + data.batch_size]
-        for box, (number, index, image_shapes) in zip(
-            module.predict_boxes(batch, rows), chunk, strict=True
-        ):
-            shape = pointed_at(box, image_shapes)
-            where = "none" if shape is None else "asked" if shape == index else "another"
-            counts[where] += 1
-            pointed.setdefault(number, []).append(shape)
+    for box, (number, index, image_shapes) in zip(boxes, asked, strict=True):
+        shape = pointed_at(box, image_shapes)
+        counts["none" if shape is None else "asked" if shape == index else "another"] += 1
+        pointed.setdefault(number, []).append(shape)
     counts["images"] = len(pointed)
     counts["one shape for all"] = sum(
         len(set(p)) == 1 and p[0] is not None for p in pointed.values()
     )
+    return counts
+
+
+def ask_colour_of_every_shape(
+    module: MM15Module,
+    data: SyntheticDataModule,
+    images_and_shapes: list[tuple[Image.Image, list[shapes.Shape]]],
+) -> Counter[tuple[int, str]]:
+    """Asks the referring question ("What colour is the shape at [..]?") about every shape of
+    each image; counts, by shapes in the image, the answers naming its colour, the colour of
+    another shape of the image, or anything else."""
+    size = data.image_size
+    samples, asked = [], []
+    for image, image_shapes in images_and_shapes:
+        for shape in image_shapes:
+            box = data.codec.encode(shape.box, (size, size))
+            samples.append(ask(shapes.REFERRING_QUESTION.format(box=box), shape.colour, image))
+            asked.append((shape.colour, {s.colour for s in image_shapes}))
+    answers = [
+        answer
+        for batch in encoded_batches(data, samples)
+        for answer in module.generate(
+            batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"]
+        )
+    ]
+    counts: Counter[tuple[int, str]] = Counter()
+    for answer, (colour, present) in zip(answers, asked, strict=True):
+        said = answer.strip()
+        outcome = "right" if said == colour else "another shape's" if said in present else "other"
+        counts[len(present), outcome] += 1
     return counts
 
 
@@ -145,8 +183,9 @@ def main() -> None:
                 asked = torch.tensor([s.box for s in image_shapes]).eq(target).all(-1)
                 label = classify(float(ious[asked].sum()), ious[~asked].tolist())
                 counts[len(image_shapes), label] += 1
-        several = [(sample.images[0], found) for sample, found in samples if len(found) >= 2]
-        every = ask_every_shape(module, data, several)
+        images = [(sample.images[0], found) for sample, found in samples if found]
+        every = ask_every_shape(module, data, [(i, f) for i, f in images if len(f) >= 2])
+        colours = ask_colour_of_every_shape(module, data, images)
     shape_counts = sorted({n for n, _ in counts})
     print(f"{args.checkpoint}: validation grounding answers by shapes in the image")
     print(f"{'shapes':>6} {'answers':>7} " + " ".join(f"{k:>11}" for k in KINDS))
@@ -159,6 +198,12 @@ def main() -> None:
         f"{every['none']}; images whose answers all point at one shape "
         f"{every['one shape for all']}"
     )
+    print(f"the colour of every shape asked ({len(images)} images), by shapes in the image")
+    outcomes = ("right", "another shape's", "other")
+    print(f"{'shapes':>6} {'answers':>7} " + " ".join(f"{k:>15}" for k in outcomes))
+    for n in sorted({n for n, _ in colours}):
+        row = [colours[n, k] for k in outcomes]
+        print(f"{n:>6} {sum(row):>7} " + " ".join(f"{v:>15}" for v in row))
 
 
 if __name__ == "__main__":
