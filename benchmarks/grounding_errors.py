@@ -89,10 +89,8 @@ def encoded_batches(data: SyntheticDataModule, samples: list[Sample]) -> Iterato
 
 
 def ask(question: str, answer: str, image: Image.Image) -> Sample:
-    """A one-turn sample asking ``question`` about ``image``, question first as in training."""
-    return Sample(
-        turns=[Turn("user", f"{question}\n<image>"), Turn("assistant", answer)], images=[image]
-    )
+    """A one-turn sample asking ``question`` about ``image``, as training asks it."""
+    return Sample(turns=[shapes.image_turn(question), Turn("assistant", answer)], images=[image])
 
 
 def ask_every_shape(

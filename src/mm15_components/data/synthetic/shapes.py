@@ -88,6 +88,12 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
     return image
 
 
+def image_turn(question: str) -> Turn:
+    """The user turn showing the image: question first, so that image tokens can attend to
+    what is asked (causal attention)."""
+    return Turn("user", f"{question}\n<image>")
+
+
 def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions: int = 1) -> Sample:
     """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``.
 
@@ -103,9 +109,8 @@ def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions:
     for number, index in enumerate([first, *others][:questions]):
         target = shapes[index]
         question = QUESTION.format(colour=target.colour, kind=target.kind)
-        # Question first: image tokens can then attend to what is asked (causal attention).
-        user = f"{question}\n<image>" if number == 0 else question
-        turns += [Turn("user", user), Turn("assistant", encode_box(target.box, (size, size)))]
+        user = image_turn(question) if number == 0 else Turn("user", question)
+        turns += [user, Turn("assistant", encode_box(target.box, (size, size)))]
     return Sample(turns=turns, images=[image], target_box=tuple(float(v) for v in target.box))
 
 
@@ -116,7 +121,7 @@ def referring_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     image = draw_shapes(rng, shapes, size)
     target = shapes[int(rng.integers(len(shapes)))]
     question = REFERRING_QUESTION.format(box=encode_box(target.box, (size, size)))
-    turns = [Turn("user", f"{question}\n<image>"), Turn("assistant", target.colour)]
+    turns = [image_turn(question), Turn("assistant", target.colour)]
     return Sample(turns=turns, images=[image])
 
 
@@ -127,10 +132,7 @@ def find_all_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     kind = KINDS[int(rng.integers(len(KINDS)))]
     found = sorted((s.box for s in shapes if s.kind == kind), key=lambda box: box[:2])
     answer = " ".join(encode_box(box, (size, size)) for box in found) or NONE_FOUND
-    turns = [
-        Turn("user", f"{FIND_ALL_QUESTION.format(kind=kind)}\n<image>"),
-        Turn("assistant", answer),
-    ]
+    turns = [image_turn(FIND_ALL_QUESTION.format(kind=kind)), Turn("assistant", answer)]
     return Sample(turns=turns, images=[image])
 
 
