@@ -65,8 +65,40 @@ def test_unknown_names_are_reported():
         CausalLM(pretrained="no-such-org/no-such-llm")
     with pytest.raises(ValueError, match="cannot load tokenizer"):
         load_tokenizer("no-such-org/no-such-llm")
-    with pytest.raises(ValueError, match="exactly one"):
-        CausalLM()
+    with pytest.raises(ValueError, match="needs `pretrained` weights or a `config`"):
+        CausalLM(pretrained=False)
+
+
+def test_stated_architecture_is_checked_against_the_checkpoint(tmp_path):
+    config = dict(TINY_LLAMA)
+    reference = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(config.pop("model_type"), **config)
+    )
+    reference.save_pretrained(tmp_path)
+    loaded = CausalLM(pretrained=str(tmp_path), config=TINY_LLAMA)  # agrees: loads
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.float32
+    wider = dict(TINY_LLAMA, hidden_size=96, num_key_value_heads=4)
+    with pytest.raises(ValueError, match="hidden_size: stated 96, checkpoint 64"):
+        CausalLM(pretrained=str(tmp_path), config=wider)
+    # pretrained false (or null) builds the stated architecture with random weights instead
+    random = CausalLM(pretrained=False, config=TINY_LLAMA)
+    assert not torch.equal(random.embed(torch.arange(5)), loaded.embed(torch.arange(5)))
+
+
+def test_a_shallow_language_model_keeps_its_first_layers(tmp_path):
+    config = dict(TINY_LLAMA, num_hidden_layers=4)
+    deep = CausalLM(config=config)
+    deep.model.save_pretrained(tmp_path)
+    shallow = CausalLM(pretrained=str(tmp_path), num_layers=2)
+    assert len(shallow.layers) == 2 and shallow.model.config.num_hidden_layers == 2
+    ids = torch.randint(0, TINY_LLAMA["max_position_embeddings"], (1, 7))
+    # the same first two layers, then the final norm and head: run the deep model's parts
+    decoder = deep.model.get_decoder()
+    decoder.layers = decoder.layers[:2]
+    deep.model.config.num_hidden_layers = 2
+    torch.testing.assert_close(shallow(shallow.embed(ids)), deep(deep.embed(ids)))
+    with pytest.raises(ValueError, match="num_layers=5 out of range for 4"):
+        CausalLM(config=config, num_layers=5)
 
 
 def test_vocabulary_fits_the_tokenizer(tmp_path):

@@ -5,10 +5,26 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mm15_components.module import MM15Module
+
+PARSER_MODE = "mm15_yaml"
+_load_yaml = get_loader("yaml")
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as jsonargparse reads it, with a plain ``None`` read as null. jsonargparse hands a
+    value given to an argument of a class nested in another (``--model.init_args.model.
+    init_args.vision.init_args.pretrained=null``) on as ``str(value)``, and ``str(None)`` is
+    ``None``, which YAML would read as a string."""
+    value = _load_yaml(text)
+    return None if value == "None" and text.strip() == "None" else value
+
+
+set_loader(PARSER_MODE, load_yaml)
 
 
 class MM15CLI(LightningCLI):
@@ -43,12 +59,17 @@ def inspect_command(args: list[str]) -> None:
 
 
 def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
+    subcommands = ("fit", "validate", "test", "predict")
     return MM15CLI(
         MM15Module,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        parser_kwargs={
+            "parser_mode": PARSER_MODE,
+            **{name: {"parser_mode": PARSER_MODE} for name in subcommands},
+        },
         **kwargs,
     )
 

@@ -8,9 +8,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
+from mm15_components.checkpoint import load_weights_from
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
 from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinusoidal
@@ -20,8 +22,11 @@ from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
 from mm15_components.model import MM15Model
 from mm15_components.moe.layer import MoEFeedForward
+from mm15_components.parallelize import parallelize
 
 COMPONENTS = ("vision", "connector", "language")
+MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Compute dtypes of the trainer's mixed precisions; weights and optimizer stay fp32."""
 
 
 class MM15Module(L.LightningModule):
@@ -37,7 +42,8 @@ class MM15Module(L.LightningModule):
         lr_multipliers: per-component factors on the base learning rate, e.g.
             ``{vision: 5.0, connector: 5.0}``.
         weight_decay: applied to matrices only (not to biases, norms, embeddings of dim < 2).
-        activation_checkpointing: recompute vision-block and decoder-layer activations.
+        activation_checkpointing: keep only the inputs of each vision block and decoder
+            layer in forward and recompute the rest in backward (the one switch for it).
         codec: the box codec used to write and read boxes (linked from ``data.codec`` by the
             CLI, so data and model always agree).
         grounding_head: adds a distance-aware loss on coordinate tokens (needs one token per
@@ -48,6 +54,13 @@ class MM15Module(L.LightningModule):
         max_new_tokens: generation budget of evaluation answers.
         constrained_decoding: once an answer starts a box, allow only tokens that complete
             it in the codec's grammar (``BoxLogitsProcessor``), so every box parses.
+        init_from: start from the weights of another run (weights only: the optimizer and
+            the step count start afresh): a Lightning checkpoint file, an FSDP2 distributed
+            checkpoint directory or an exported model directory (``mm15_components.
+            checkpoint``). A dense checkpoint fills an MoE model's experts (upcycling).
+        init_strict: with ``init_from``, refuse a checkpoint that leaves any weight of the
+            model unset or holds weights the model lacks; False loads what fits and logs
+            the rest.
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class MM15Module(L.LightningModule):
         coordinate_init: Literal["default", "sinusoidal"] = "default",
         max_new_tokens: int = 24,
         constrained_decoding: bool = False,
+        init_from: str | None = None,
+        init_strict: bool = True,
     ) -> None:
         super().__init__()
         self.freeze = list(freeze or [])
@@ -96,6 +111,9 @@ class MM15Module(L.LightningModule):
                 init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
             if grounding_head is not None:
                 grounding_head.bind(token_ids)
+        if init_from is not None:
+            report = load_weights_from(model, init_from, strict=init_strict)
+            (rank_zero_info if report.fits else rank_zero_warn)(f"{init_from}: {report}")
         self.max_new_tokens = max_new_tokens
         self.box_processor = (
             BoxLogitsProcessor(tokenizer, self.codec) if constrained_decoding else None
@@ -254,21 +272,13 @@ class MM15Module(L.LightningModule):
         }
 
     def configure_model(self) -> None:
-        """Activation checkpointing, then FSDP2 under ``ModelParallelStrategy``: one shard unit
-        per vision block, per decoder layer and per component; embeddings and the LM head stay
-        in the root unit, which gathers at ``MM15Model.forward`` and ``generate``."""
-        if self.activation_checkpointing:
-            self.model.vision.visual.set_grad_checkpointing(True)
-            self.model.language.model.gradient_checkpointing_enable({"use_reentrant": False})
-        if self.device_mesh is None:
-            return
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-        mesh = self.device_mesh["data_parallel"]
-        for block in self.model.vision.blocks:
-            fully_shard(block, mesh=mesh)
-        for layer in self.model.language.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(self.model.connector, mesh=mesh)
-        fully_shard(self.model, mesh=mesh)
-        register_fsdp_forward_method(self.model, "generate")
+        """Activation checkpointing and, under ``ModelParallelStrategy``, FSDP2 sharding with
+        the trainer's mixed precision (``mm15_components.parallelize``)."""
+        mesh = None if self.device_mesh is None else self.device_mesh["data_parallel"]
+        precision = str(getattr(self._trainer, "precision", "32-true"))  # no trainer: scripts
+        parallelize(
+            self.model,
+            mesh,
+            param_dtype=MIXED_PRECISION_DTYPES.get(precision),
+            activation_checkpointing=self.activation_checkpointing,
+        )

@@ -27,7 +27,6 @@ from mm15_components.data.synthetic import standins
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate, chat_template_for
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
-from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 DOCUMENT_TEMPLATE = ChatTemplate(user_prefix="", assistant_prefix="", separator="")
 """Pre-training documents: the text as it is, loss on all of it, one end token."""
@@ -126,16 +125,18 @@ class ConversationDataModule(SyntheticDataModule):
         tokenizer: a pretrained tokenizer name or path; None builds the word tokenizer of the
             synthetic vocabulary.
         use_tokenizer_template: use the tokenizer's chat template when it has one.
-        render_size: side of the stand-ins' rendered images (default ``image_size``); larger
-            than ``image_size`` with a ``splitter``, to stand in for high-resolution documents.
+        image_size: the encoder's input (tile) size; None takes the model's.
+        render_size: side of the stand-ins' rendered images (default: ``image_size`` when
+            given, else 64); larger than the tile size with a ``splitter``, to stand in for
+            high-resolution documents.
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
-        codec, image_size, image_tokens, splitter, tile_indicators, batch_size, num_workers,
-            seed, shuffle, mean, std, max_tokens, pack: as in ``SyntheticDataModule``; ``seed``
-            also fixes the mixture's draws.
+        codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
+            shuffle, mean, std, max_tokens, pack: as in ``SyntheticDataModule``; ``seed`` also
+            fixes the mixture's draws.
     """
 
     tokenizer_words = frozenset(standins.vocabulary())  # the stand-ins write more words
@@ -147,8 +148,8 @@ class ConversationDataModule(SyntheticDataModule):
         tokenizer: str | None = None,
         use_tokenizer_template: bool = True,
         codec: BoxCodec | None = None,
-        image_size: int = 64,
-        image_tokens: int = 16,
+        image_size: int | None = None,
+        image_tokens: int | None = None,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
         render_size: int | None = None,
@@ -160,8 +161,8 @@ class ConversationDataModule(SyntheticDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle: bool = True,
-        mean: tuple[float, float, float] = CLIP_MEAN,
-        std: tuple[float, float, float] = CLIP_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         max_tokens: int | None = None,
         pack: int | None = None,
     ) -> None:
@@ -184,7 +185,7 @@ class ConversationDataModule(SyntheticDataModule):
         self.chat_template = (
             chat_template_for(self.tokenizer) if use_tokenizer_template else ChatTemplate()
         )
-        self.render_size = render_size or image_size
+        self.render_size = render_size or self.image_size
         self.max_sample_tokens = max_sample_tokens
         self.policy = BadSamplePolicy(on_bad_sample)
         self.train_mixture, self.val_mixture = train, val or train
@@ -239,6 +240,7 @@ class ConversationDataModule(SyntheticDataModule):
         )
 
     def setup(self, stage: str) -> None:
+        self._adopt_trainer_geometry()
         self.train_set = self._mixture_set(
             self.train_mixture, self.train_sources, self.train_size, "train"
         )

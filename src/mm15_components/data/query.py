@@ -13,16 +13,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
-from mm15_components.data.datamodule import data_tokenizer
+from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
-from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 
-class QueryDataModule(L.LightningDataModule):
+class QueryDataModule(ModelGeometry, L.LightningDataModule):
     """Asks ``query`` about each image (or each sampled video frame) on its own.
 
     The prompt is written as the synthetic training data writes it (``"{query}\\n<image>"``),
@@ -35,10 +34,10 @@ class QueryDataModule(L.LightningDataModule):
         video: a video file or a folder of frames instead of (or beside) ``images``; each of
             ``num_frames`` frames sampled uniformly over it is a separate prediction.
         num_frames: frames taken from ``video``.
-        tokenizer, codec, image_size, image_tokens, splitter, tile_indicators, mean, std: as in
-            :class:`~mm15_components.data.SyntheticDataModule`, and they must match the model's
-            training (the defaults match the quickstart recipe). Words outside the tokenizer's
-            vocabulary are read as unknown, with a warning.
+        tokenizer, codec, splitter, tile_indicators: as in the model's training recipe (the
+            defaults match the quickstart's). Words outside the tokenizer's vocabulary are
+            read as unknown, with a warning.
+        image_size, image_tokens, mean, std: None takes the model's (``adopt_geometry``).
         batch_size / num_workers: loader settings.
     """
 
@@ -50,16 +49,18 @@ class QueryDataModule(L.LightningDataModule):
         num_frames: int = 8,
         tokenizer: str | None = None,
         codec: BoxCodec | None = None,
-        image_size: int = 64,
-        image_tokens: int = 16,
+        image_size: int | None = None,
+        image_tokens: int | None = None,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
         batch_size: int = 8,
         num_workers: int = 0,
-        mean: tuple[float, float, float] = CLIP_MEAN,
-        std: tuple[float, float, float] = CLIP_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__()
+        self.splitter = splitter
+        self._state_geometry(image_size=image_size, image_tokens=image_tokens, mean=mean, std=std)
         self.images = list(images or [])
         if not self.images and video is None:
             raise ValueError("QueryDataModule: give image files (images=[...]) or a video")
@@ -82,15 +83,7 @@ class QueryDataModule(L.LightningDataModule):
         self.codec = codec or BoxCodec()
         self.tokenizer = data_tokenizer(tokenizer, self.codec)
         self._warn_unknown_words()
-        self.encoder = SampleEncoder(
-            self.tokenizer,
-            image_size,
-            image_tokens,
-            mean,
-            std,
-            splitter=splitter,
-            tile_indicators=tile_indicators,
-        )
+        self.tile_indicators = tile_indicators
         self.batch_size = batch_size
         self.num_workers = num_workers
 
@@ -111,6 +104,16 @@ class QueryDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Read every image (and sample the video) now, so a bad file fails before predicting."""
+        self._adopt_trainer_geometry()
+        encoder = SampleEncoder(
+            self.tokenizer,
+            self.image_size,
+            self.image_tokens,
+            self.mean,
+            self.std,
+            splitter=self.splitter,
+            tile_indicators=self.tile_indicators,
+        )
         inputs: list[tuple[str, str, Image.Image]] = []
         for index, path in enumerate(self.images):
             try:
@@ -125,11 +128,13 @@ class QueryDataModule(L.LightningDataModule):
             for index, frame in enumerate(frames):
                 image = Image.fromarray(frame.permute(1, 2, 0).numpy())
                 inputs.append((f"{self.video}#frame={index}", f"{stem}_{index:03d}", image))
-        self.predict_set = [self._encode(*item) for item in inputs]
+        self.predict_set = [self._encode(encoder, *item) for item in inputs]
 
-    def _encode(self, id: str, name: str, image: Image.Image) -> dict[str, Any]:
+    def _encode(
+        self, encoder: SampleEncoder, id: str, name: str, image: Image.Image
+    ) -> dict[str, Any]:
         turns = [Turn("user", f"{self.query}\n{IMAGE_TOKEN}"), Turn("assistant", "")]
-        item = self.encoder(Sample(turns=turns, images=[image], id=id))
+        item = encoder(Sample(turns=turns, images=[image], id=id))
         return {**item, "image": image, "name": name, "query": self.query}
 
     def predict_dataloader(self) -> DataLoader:

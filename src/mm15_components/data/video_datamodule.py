@@ -21,7 +21,6 @@ from mm15_components.data.synthetic.dataset import SeededDataset, sampling_proba
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
 from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
 from mm15_components.grounding.codec import BoxCodec
-from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 
 
 class MotionDataset(SeededDataset):
@@ -178,7 +177,7 @@ class VideoDataModule(SyntheticDataModule):
         video_root: folder the JSON video paths are relative to (default: each file's folder).
         num_frames: frames per video (MM1.5: 24).
         image_size: frame side in pixels fed to the encoder (frames are resized to a square).
-        image_tokens: LLM tokens per frame; must equal the model's ``tokens_per_image``.
+        image_tokens: LLM tokens per frame; None takes the model's ``tokens_per_image``.
         timestamp_format: text before each frame, formatted with ``seconds`` and ``index``,
             e.g. ``"{seconds:.1f} s:"``; None writes none.
         folder_fps: frame rate assumed for JSON records that point at frame folders.
@@ -188,6 +187,7 @@ class VideoDataModule(SyntheticDataModule):
         train_samples / val_samples: synthetic split sizes.
         batch_size / num_workers / seed / shuffle: loader settings; ``seed`` fixes every
             synthetic sample.
+        mean / std: frame normalisation; None takes the encoder's.
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class VideoDataModule(SyntheticDataModule):
         video_root: str | None = None,
         num_frames: int = 24,
         image_size: int = 64,
-        image_tokens: int = 16,
+        image_tokens: int | None = None,
         timestamp_format: str | None = None,
         folder_fps: float = 1.0,
         min_frames: int = 1,
@@ -211,8 +211,8 @@ class VideoDataModule(SyntheticDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle: bool = True,
-        mean: tuple[float, float, float] = CLIP_MEAN,
-        std: tuple[float, float, float] = CLIP_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__(
             tokenizer=tokenizer,
@@ -241,5 +241,6 @@ class VideoDataModule(SyntheticDataModule):
         self.val_samples = source(val_json, val_samples, "val")
 
     def setup(self, stage: str) -> None:
+        self._adopt_trainer_geometry()
         self.train_set = EncodedDataset(self.train_samples, self._encoder())
         self.val_set = EncodedDataset(self.val_samples, self._encoder())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,29 +15,35 @@ class CausalLM(nn.Module):
     """A decoder-only LLM from transformers, fed with input embeddings.
 
     Args:
-        pretrained: hub name or local directory for ``AutoModelForCausalLM.from_pretrained``.
-        config: random weights from a config: a dict with ``model_type`` (e.g. a tiny Llama),
-            or the hub name / directory of a config. Give exactly one of ``pretrained`` and
-            ``config``.
-        dtype: parameter dtype, e.g. ``"bfloat16"``; None keeps the checkpoint's or fp32.
+        pretrained: hub name or local directory for ``AutoModelForCausalLM.from_pretrained``;
+            None or False builds random weights from ``config`` (no download).
+        config: the architecture: a dict with ``model_type`` (e.g. a tiny Llama, or
+            Qwen2.5-1.5B's numbers), or the hub name / directory of a config. Without
+            ``pretrained`` the model is built from it with random weights; beside
+            ``pretrained`` (a dict then) it states what the checkpoint must be: every key it
+            gives must equal the checkpoint's.
+        dtype: parameter dtype; float32 keeps the master weights the optimizer updates (bf16
+            compute comes from the trainer's precision); None keeps the checkpoint's.
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ...).
-        grad_checkpointing: recompute decoder-layer activations in backward.
+        num_layers: keep only the first decoder layers (a shallow model for smoke runs);
+            None keeps them all.
         moe: turn the model into a Mixture-of-Experts one: keyword arguments of
             ``convert_to_moe`` (e.g. ``{every: 2, num_experts: 64, top_k: 2}``, MM1.5-MoE).
     """
 
     def __init__(
         self,
-        pretrained: str | None = None,
+        pretrained: Literal[False] | str | None = None,
         config: dict[str, Any] | str | None = None,
-        dtype: str | None = None,
+        dtype: str | None = "float32",
         attn_implementation: str = "sdpa",
-        grad_checkpointing: bool = False,
+        num_layers: int | None = None,
         moe: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if (pretrained is None) == (config is None):
-            raise ValueError("CausalLM needs exactly one of `pretrained` and `config`")
+        pretrained = pretrained or None
+        if pretrained is None and config is None:
+            raise ValueError("CausalLM needs `pretrained` weights or a `config` to build from")
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.pretrained = pretrained is not None
         if pretrained is not None:
@@ -47,14 +53,16 @@ class CausalLM(nn.Module):
                 )
             except (OSError, ValueError) as error:
                 raise ValueError(f"cannot load language model {pretrained!r}: {error}") from error
+            if config is not None:
+                check_config(self.model.config, config, pretrained)
         else:
             hf_config = self._load_config(config)
             hf_config._attn_implementation = attn_implementation
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+        if num_layers is not None:
+            keep_layers(self.model, num_layers)
         if moe is not None:
             convert_to_moe(self.model, **moe)
-        if grad_checkpointing:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
 
     @staticmethod
     def _load_config(config: dict[str, Any] | str) -> PretrainedConfig:
@@ -108,3 +116,29 @@ class CausalLM(nn.Module):
         return self.model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
         )
+
+
+def check_config(loaded: PretrainedConfig, stated: dict[str, Any] | str, name: str) -> None:
+    """Raise, naming the keys, where a checkpoint's config differs from the stated one."""
+    if not isinstance(stated, dict):
+        raise ValueError(f"beside pretrained={name!r}, config must be a dict of the keys to check")
+    theirs = loaded.to_dict()
+    differ = {
+        key: (value, theirs.get(key)) for key, value in stated.items() if theirs.get(key) != value
+    }
+    if differ:
+        shown = ", ".join(f"{k}: stated {a!r}, checkpoint {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"language model {name!r} is not the stated architecture: {shown}")
+
+
+def keep_layers(model: PreTrainedModel, num_layers: int) -> None:
+    """Drop every decoder layer after the first ``num_layers``, in place."""
+    decoder = model.get_decoder()
+    if not 1 <= num_layers <= len(decoder.layers):
+        raise ValueError(
+            f"num_layers={num_layers} out of range for {len(decoder.layers)} decoder layers"
+        )
+    decoder.layers = decoder.layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None) is not None:
+        model.config.layer_types = model.config.layer_types[:num_layers]

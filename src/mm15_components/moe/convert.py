@@ -90,12 +90,29 @@ def convert_to_moe(
             **moe_kwargs,
         ).to(device=reference.device, dtype=reference.dtype)
         if init == "upcycle":
-            gate_up = torch.cat([dense.gate_proj.weight, dense.up_proj.weight])
-            for expert in range(num_experts):
-                moe.gate_up_proj[expert].copy_(_noisy_copy(gate_up, noise))
-                moe.down_proj[expert].copy_(_noisy_copy(dense.down_proj.weight, noise))
+            upcycle_experts(
+                moe, dense.gate_proj.weight, dense.up_proj.weight, dense.down_proj.weight, noise
+            )
         layer.mlp = moe
     return model
+
+
+@torch.no_grad()
+def upcycle_experts(
+    moe: MoEFeedForward, gate: Tensor, up: Tensor, down: Tensor, noise: float = 0.0
+) -> None:
+    """Copy a dense SwiGLU FFN (``gate``/``up`` ``[F, H]``, ``down`` ``[H, F]``) into every
+    expert of ``moe`` (sparse upcycling), each copy with its own noise (see
+    ``convert_to_moe``). The router is left as it is."""
+    gate_up = torch.cat([gate, up])
+    if moe.activation != "swiglu" or gate_up.shape != moe.gate_up_proj.shape[1:]:
+        raise ValueError(
+            f"cannot upcycle a dense FFN of gate/up {tuple(gate.shape)} and down "
+            f"{tuple(down.shape)} into SwiGLU experts of {tuple(moe.in_proj.shape[1:])}"
+        )
+    for expert in range(moe.num_experts):
+        moe.gate_up_proj[expert].copy_(_noisy_copy(gate_up, noise))
+        moe.down_proj[expert].copy_(_noisy_copy(down, noise))
 
 
 def _moe_layers(model: nn.Module) -> dict[str, MoEFeedForward]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import open_clip
 import torch
@@ -23,29 +24,27 @@ class OpenCLIPVisionEncoder(nn.Module):
     Args:
         model_name: an open_clip model name (``open_clip.list_models()``), e.g.
             ``ViT-H-14-378-quickgelu`` (MM1.5's DFN encoder) or ``mm15-tiny-vit``.
-        pretrained: an open_clip pretrained tag (``dfn5b``), a local checkpoint path, or None
-            for random weights.
+        pretrained: an open_clip pretrained tag (``dfn5b``), a local checkpoint path, or
+            None / False for random weights (no download).
         image_size: input size in pixels if it differs from the model's native size; the
             position embedding is interpolated (bicubic) to the new patch grid.
         feature_layer: which transformer block's output to return (negative counts from the
             end). Later blocks are dropped, so every parameter receives a gradient.
-        grad_checkpointing: recompute block activations in backward to save memory.
     """
 
     def __init__(
         self,
         model_name: str = "ViT-H-14-378-quickgelu",
-        pretrained: str | None = None,
+        pretrained: Literal[False] | str | None = None,
         image_size: int | None = None,
         feature_layer: int = -1,
-        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if open_clip.get_model_config(model_name) is None:
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
         # Build on the current default device, so `with torch.device("meta"):` works.
         device = torch.get_default_device()
-        clip = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        clip = open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
         visual = clip.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise ValueError(f"{model_name!r} has no ViT image tower ({type(visual).__name__})")
@@ -54,7 +53,6 @@ class OpenCLIPVisionEncoder(nn.Module):
         if layer is None:
             raise ValueError(f"feature_layer={feature_layer} out of range for {num_blocks} blocks")
         visual.prune_intermediate_layers([layer], prune_norm=True, prune_head=True)
-        visual.set_grad_checkpointing(grad_checkpointing)
         self.visual = visual
         self.model_name = model_name
         if image_size is not None and image_size != self.image_size:
@@ -94,20 +92,15 @@ class OpenCLIPVisionEncoder(nn.Module):
     def resize_position_embedding(self, image_size: int) -> None:
         """Interpolate the position embedding to ``image_size`` (a multiple of the patch size)."""
         if image_size <= 0 or image_size % self.patch_size:
+            lower = max(image_size // self.patch_size, 1) * self.patch_size
             raise ValueError(
-                f"image_size={image_size} must be a positive multiple of the patch size "
-                f"{self.patch_size} of {self.model_name}"
+                f"vision image_size={image_size} is not a multiple of the patch size "
+                f"{self.patch_size} of {self.model_name}: use {lower} or "
+                f"{lower + self.patch_size} (the data's tile size follows it)"
             )
-        pos = self.visual.positional_embedding.data
-        cls_pos, grid_pos = pos[:1], pos[1:]
-        old = int(math.isqrt(grid_pos.shape[0]))
         new = image_size // self.patch_size
-        grid_pos = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(
-            grid_pos.float(), size=(new, new), mode="bicubic", align_corners=False
-        )
-        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)
-        self.visual.positional_embedding = nn.Parameter(torch.cat([cls_pos, grid_pos]))
+        pos = self.visual.positional_embedding
+        self.visual.positional_embedding = nn.Parameter(interpolate_position_embedding(pos, new))
         self.visual.grid_size = (new, new)
         self.visual.image_size = (image_size, image_size)
 
@@ -122,3 +115,16 @@ class OpenCLIPVisionEncoder(nn.Module):
             images, indices=1, intermediates_only=True, output_fmt="NLC"
         )
         return out["image_intermediates"][0]
+
+
+def interpolate_position_embedding(pos: torch.Tensor, side: int) -> torch.Tensor:
+    """A ViT position embedding ``[1 + g*g, width]`` (class token first) resampled bicubically
+    to a ``side x side`` patch grid: ``[1 + side*side, width]``, in ``pos``'s dtype."""
+    cls_pos, grid_pos = pos[:1], pos[1:]
+    old = math.isqrt(grid_pos.shape[0])
+    if old * old != grid_pos.shape[0]:
+        raise ValueError(f"position embedding of {grid_pos.shape[0]} patches is not a square grid")
+    grid = grid_pos.detach().reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+    grid_pos = grid.permute(0, 2, 3, 1).reshape(side * side, -1).to(pos.dtype)
+    return torch.cat([cls_pos.detach(), grid_pos])
