@@ -1,11 +1,14 @@
 """Trains the tiny quickstart model a few steps and writes the per-step losses as JSON.
 
 Run as ``python fsdp_worker.py OUT.json DEVICES BATCH_SIZE``: with 2 devices it uses FSDP2
-(ModelParallelStrategy, gloo on CPU); Lightning relaunches this script for rank 1.
+(ModelParallelStrategy, gloo on CPU); Lightning relaunches this script for rank 1. The 2-rank
+run also saves its distributed checkpoint (``sharded/``) and its weights gathered whole
+(``gathered.pt``) beside OUT.json.
 """
 
 import json
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -51,6 +54,12 @@ def main(out: str, devices: int, batch_size: int) -> None:
         enable_model_summary=False,
     )
     trainer.fit(module, data)
+    if devices > 1:
+        folder = Path(out).parent
+        trainer.save_checkpoint(folder / "sharded")
+        whole = {k: v.full_tensor() for k, v in module.model.state_dict().items()}
+        if trainer.global_rank == 0:
+            torch.save(whole, folder / "gathered.pt")
     if trainer.global_rank == 0:
         with open(out, "w") as f:
             json.dump(recorder.losses, f)
