@@ -1,4 +1,10 @@
-"""Tiny builders shared by the tests."""
+"""Tiny builders shared by the tests, and a callback that records a run."""
+
+import json
+import resource
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
 
 from mm15_components import MM15Model, MM15Module
 from mm15_components.connectors import MLPProjector
@@ -27,3 +33,26 @@ def tiny_model(pool: int = 2) -> MM15Model:
 
 def tiny_module(words=("Where", "is", "the", "red", "circle", "User", "Assistant")) -> MM15Module:
     return MM15Module(tiny_model(), build_word_tokenizer(words))
+
+
+class RunRecord(Callback):
+    """Writes each rank's training losses, its peak resident memory and its weights' dtypes
+    to ``DIR/rank<k>.json`` when training ends (``--trainer.callbacks`` of a CLI run)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    def on_train_end(self, trainer, module) -> None:
+        record = {
+            "losses": self.losses,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "weight_dtypes": sorted({str(p.dtype) for p in module.parameters()}),
+        }
+        path = self.directory / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(record))

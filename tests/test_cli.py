@@ -8,9 +8,29 @@ import yaml
 
 from mm15_components.cli import build_from_config, main
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 TINY = [r for r in RECIPES if "pretrained" not in r.read_text()]
+STAGE_DATA = {
+    "pretrain": "pretrain_files",
+    "continual_pretrain": "continual_pretrain_files",
+    "sft": "sft_llava",
+}
+COMPOSITIONS = [
+    *[
+        (f"models/{model}.yaml", f"stages/{stage}.yaml", f"data/{data}.yaml")
+        for model in ("mm15_1b", "mm15_3b", "mm15_1b_moe")
+        for stage, data in STAGE_DATA.items()
+    ],
+    *[
+        ("models/mm15_1b.yaml", f"stages/{stage}.yaml", "data/synthetic.yaml",
+         "snippets/random_init.yaml", "snippets/shallow.yaml")
+        for stage in STAGE_DATA
+    ],
+    ("models/tiny.yaml", "stages/sft.yaml", "data/synthetic.yaml", "snippets/random_init.yaml"),
+    ("quickstart.yaml", "snippets/predict.yaml"),
+]  # fmt: skip
 
 
 def test_help_and_module_entry_point():
@@ -31,6 +51,62 @@ def test_every_recipe_parses(recipe, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].endswith("MM15Module")
+
+
+def print_config(*files: str, capsys) -> dict:
+    args = [arg for name in files for arg in ("--config", str(RECIPES_DIR / name))]
+    command = "predict" if "snippets/predict.yaml" in files else "fit"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("files", COMPOSITIONS, ids=lambda f: "+".join(Path(n).stem for n in f))
+def test_every_composition_parses(files, capsys):
+    printed = print_config(*files, capsys=capsys)
+    model = printed["model"]["init_args"]["model"]["init_args"]
+    assert printed["model"]["class_path"].endswith("MM15Module")
+    if "snippets/random_init.yaml" in files:
+        assert model["vision"]["init_args"]["pretrained"] is None
+        assert model["language"]["init_args"]["pretrained"] is None
+        assert printed["data"]["init_args"]["tokenizer"] is None
+
+
+def test_every_shipped_file_is_in_a_tested_composition():
+    shipped = {str(p.relative_to(RECIPES_DIR)) for p in RECIPES_DIR.rglob("*.yaml")}
+    tested = {name for files in COMPOSITIONS for name in files}
+    assert shipped - tested - {p.name for p in RECIPES} == set()
+
+
+def test_sft_composition_reads_like_the_paper(capsys):
+    """The stage sets what MM1.5 states; the model and the data add only their own parts."""
+    printed = print_config("models/mm15_1b.yaml", "stages/sft.yaml", "data/sft_llava.yaml",
+                           capsys=capsys)  # fmt: skip
+    trainer, module = printed["trainer"], printed["model"]["init_args"]
+    data = printed["data"]["init_args"]
+    assert trainer["precision"] == "bf16-mixed" and trainer["max_steps"] == 23000
+    assert module["optimizer"]["init_args"]["lr"] == 2.0e-5
+    assert module["activation_checkpointing"] is True and module["freeze"] is None
+    vision = module["model"]["init_args"]["vision"]["init_args"]
+    assert (vision["model_name"], vision["pretrained"], vision["image_size"]) == (
+        "ViT-H-14-378-quickgelu",
+        "dfn5b",
+        672,
+    )
+    splitter = data["splitter"]["init_args"]
+    assert (splitter["tile_size"], splitter["min_tiles"], splitter["max_tiles"]) == (672, 4, 9)
+    assert data["image_size"] is None and data["image_tokens"] is None  # from the model
+    assert data["train"]["groups"] == {"single_image": 0.8, "multi_image": 0.1, "text_only": 0.1}
+    paths = [source["path"] for source in data["train"]["sources"]]
+    assert len(paths) == 8 and all(p and not p.startswith("/") for p in paths)
+    assert data["data_root"] == "/data/mm15"
+
+
+def test_tiny_model_is_the_quickstarts():
+    quickstart = yaml.safe_load(QUICKSTART.read_text())["model"]["init_args"]["model"]
+    tiny = yaml.safe_load((RECIPES_DIR / "models/tiny.yaml").read_text())
+    assert tiny["model"]["init_args"] == {"model": quickstart}
 
 
 @pytest.mark.parametrize("recipe", TINY, ids=lambda p: p.name)

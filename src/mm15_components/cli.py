@@ -76,13 +76,17 @@ def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
 
 def build_from_config(config: str, *overrides: str) -> tuple[MM15Module, LightningDataModule]:
     """A recipe's model and data, built as ``mm15 fit --config CONFIG OVERRIDES...`` builds
-    them (tokenizer and codec linked), without training: for scripts and notebooks. The
-    calling script's own command-line arguments are not read."""
+    them (tokenizer and codec linked, the data given the model's image geometry), without
+    training: for scripts and notebooks. The calling script's own command-line arguments are
+    not read."""
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         cli = _cli(["--config", config, *overrides], run=False)
     finally:
         sys.argv = argv
+    adopt = getattr(cli.datamodule, "adopt_geometry", None)
+    if adopt is not None:
+        adopt(cli.model.model)
     return cli.model, cli.datamodule
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -132,6 +133,8 @@ class ConversationDataModule(SyntheticDataModule):
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
+        data_root: the folder relative source paths and image roots are under (default: the
+            working directory).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
         codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
@@ -155,6 +158,7 @@ class ConversationDataModule(SyntheticDataModule):
         render_size: int | None = None,
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
+        data_root: str | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -188,6 +192,7 @@ class ConversationDataModule(SyntheticDataModule):
         self.render_size = render_size or self.image_size
         self.max_sample_tokens = max_sample_tokens
         self.policy = BadSamplePolicy(on_bad_sample)
+        self.data_root = data_root
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
             shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
@@ -209,9 +214,18 @@ class ConversationDataModule(SyntheticDataModule):
                 )
                 sources.append((samples, kind in standins.DOCUMENT_KINDS))
             else:
-                samples = open_source(source.path, source.format, source.image_root, self.policy)
+                image_root = self._under_root(source.image_root)
+                samples = open_source(
+                    self._under_root(source.path), source.format, image_root, self.policy
+                )
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources
+
+    def _under_root(self, path: str | None) -> str | None:
+        """``path`` under ``data_root`` when it is relative."""
+        if path is None or self.data_root is None:
+            return path
+        return str(Path(self.data_root) / path)
 
     def _mixture_set(
         self, mixture: Mixture, sources: list[tuple[Dataset, bool]], size: int, split: str

@@ -55,12 +55,14 @@ class CausalLM(nn.Module):
                 raise ValueError(f"cannot load language model {pretrained!r}: {error}") from error
             if config is not None:
                 check_config(self.model.config, config, pretrained)
+            if num_layers is not None:
+                keep_layers(self.model, num_layers)
         else:
             hf_config = self._load_config(config)
             hf_config._attn_implementation = attn_implementation
+            if num_layers is not None:
+                keep_layers(hf_config, num_layers)  # only those layers are built
             self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
-        if num_layers is not None:
-            keep_layers(self.model, num_layers)
         if moe is not None:
             convert_to_moe(self.model, **moe)
 
@@ -131,14 +133,17 @@ def check_config(loaded: PretrainedConfig, stated: dict[str, Any] | str, name: s
         raise ValueError(f"language model {name!r} is not the stated architecture: {shown}")
 
 
-def keep_layers(model: PreTrainedModel, num_layers: int) -> None:
-    """Drop every decoder layer after the first ``num_layers``, in place."""
-    decoder = model.get_decoder()
-    if not 1 <= num_layers <= len(decoder.layers):
+def keep_layers(model: PreTrainedModel | PretrainedConfig, num_layers: int) -> None:
+    """Keep only the first ``num_layers`` decoder layers of a model or of the config that
+    will build it, in place."""
+    config = model if isinstance(model, PretrainedConfig) else model.config
+    if not 1 <= num_layers <= config.num_hidden_layers:
         raise ValueError(
-            f"num_layers={num_layers} out of range for {len(decoder.layers)} decoder layers"
+            f"num_layers={num_layers} out of range for {config.num_hidden_layers} decoder layers"
         )
-    decoder.layers = decoder.layers[:num_layers]
-    model.config.num_hidden_layers = num_layers
-    if getattr(model.config, "layer_types", None) is not None:
-        model.config.layer_types = model.config.layer_types[:num_layers]
+    if isinstance(model, PreTrainedModel):
+        decoder = model.get_decoder()
+        decoder.layers = decoder.layers[:num_layers]
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:num_layers]
