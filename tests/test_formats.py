@@ -288,3 +288,18 @@ def test_raise_policy_through_the_data_module(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [good, "{oops"])
     with pytest.raises(BadSampleError, match=r"bad\.jsonl:2: malformed JSON"):
         ConversationDataModule(Mixture([Source("general", path=str(path))]), on_bad_sample="raise")
+
+
+def test_relative_paths_are_under_data_root(tmp_path):
+    folder = tmp_path / "sft"
+    (folder / "images").mkdir(parents=True)
+    write_image(folder / "images" / "a.png")
+    write_jsonl(folder / "train.jsonl", [conversation(["a.png"])])
+    source = Source("general", path="sft/train.jsonl", image_root="sft/images")
+    data = ConversationDataModule(
+        Mixture([source]), data_root=str(tmp_path), train_samples=2, val_samples=2
+    )
+    data.setup("fit")
+    assert data.train_set[0]["pixel_values"].shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="elsewhere/sft/train.jsonl: no such file"):
+        ConversationDataModule(Mixture([source]), data_root=str(tmp_path / "elsewhere"))
