@@ -36,8 +36,9 @@ def tiny_module(words=("Where", "is", "the", "red", "circle", "User", "Assistant
 
 
 class RunRecord(Callback):
-    """Writes each rank's training losses, its peak resident memory and its weights' dtypes
-    to ``DIR/rank<k>.json`` when training ends (``--trainer.callbacks`` of a CLI run)."""
+    """Writes each rank's training losses, peak resident memory, weight dtypes and the data's
+    image geometry to ``DIR/rank<k>.json`` when training ends (``--trainer.callbacks`` of a
+    CLI run)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
@@ -53,6 +54,7 @@ class RunRecord(Callback):
             "world_size": trainer.world_size,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "weight_dtypes": sorted({str(p.dtype) for p in module.parameters()}),
+            "data_geometry": [trainer.datamodule.image_size, trainer.datamodule.image_tokens],
         }
         path = self.directory / f"rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record))

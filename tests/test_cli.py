@@ -53,11 +53,11 @@ def test_every_recipe_parses(recipe, capsys):
     assert printed["model"]["class_path"].endswith("MM15Module")
 
 
-def print_config(*files: str, capsys) -> dict:
+def print_config(*files: str, capsys, overrides: list[str] = ()) -> dict:
     args = [arg for name in files for arg in ("--config", str(RECIPES_DIR / name))]
     command = "predict" if "snippets/predict.yaml" in files else "fit"
     with pytest.raises(SystemExit) as exit_info:
-        main([command, *args, "--print_config"])
+        main([command, *args, *overrides, "--print_config"])
     assert exit_info.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 
@@ -151,6 +151,21 @@ def test_config_and_latest_checkpoint_are_saved_with_each_run(tmp_path):
     assert list(tmp_path.rglob("metrics.csv"))
     (last,) = tmp_path.rglob("last.ckpt")
     assert torch.load(last, weights_only=False)["global_step"] == 3
+
+
+@pytest.mark.parametrize("value", ["null", "false"])
+def test_no_pretrained_weights_from_the_command_line(value, capsys):
+    """A nested class argument reaches jsonargparse's sub-parser as ``str(value)``: null must
+    still be None (not the string "None"), false still False."""
+    vision = "--model.init_args.model.init_args.vision.init_args.pretrained"
+    language = "--model.init_args.model.init_args.language.init_args.pretrained"
+    overrides = [f"{vision}={value}", f"{language}={value}"]
+    files = ("models/mm15_1b.yaml", "stages/sft.yaml", "data/synthetic.yaml")
+    printed = print_config(*files, capsys=capsys, overrides=overrides)
+    model = printed["model"]["init_args"]["model"]["init_args"]
+    expected = None if value == "null" else False
+    assert model["vision"]["init_args"]["pretrained"] is expected
+    assert model["language"]["init_args"]["pretrained"] is expected
 
 
 def test_config_key_typo_is_named(capsys):
