@@ -200,7 +200,7 @@ def _dense_ffns_for_experts(
         if isinstance(module, MoEFeedForward) and all(key in weights for key in dense):
             found[name] = tuple(weights.pop(key) for key in dense)
             report.upcycled.append(name)
-            experts = {f"{name}.{module._in_name}", f"{name}.down_proj"}
+            experts = {f"{name}.gate_up_proj", f"{name}.down_proj"}
             report.fresh += [k for k in own if k.startswith(name + ".") and k not in experts]
     return found
 
