@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from helpers import tiny_model
 
-from mm15_components.checkpoint import load_weights_from, read_weights
+from mm15_components.weights import load_weights_from, read_weights
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 

@@ -12,7 +12,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
-from mm15_components.checkpoint import load_weights_from
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
 from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinusoidal
@@ -23,6 +22,7 @@ from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_
 from mm15_components.model import MM15Model
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.parallelize import parallelize
+from mm15_components.weights import load_weights_from
 
 COMPONENTS = ("vision", "connector", "language")
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -57,7 +57,7 @@ class MM15Module(L.LightningModule):
         init_from: start from the weights of another run (weights only: the optimizer and
             the step count start afresh): a Lightning checkpoint file, an FSDP2 distributed
             checkpoint directory or an exported model directory (``mm15_components.
-            checkpoint``). A dense checkpoint fills an MoE model's experts (upcycling).
+            weights``). A dense checkpoint fills an MoE model's experts (upcycling).
         init_strict: with ``init_from``, refuse a checkpoint that leaves any weight of the
             model unset or holds weights the model lacks; False loads what fits and logs
             the rest.

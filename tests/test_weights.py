@@ -10,18 +10,18 @@ from helpers import TINY_LLAMA
 from safetensors.torch import load_file
 
 from mm15_components import MM15Model
-from mm15_components.checkpoint import (
+from mm15_components.cli import main
+from mm15_components.connectors import MLPProjector
+from mm15_components.language import CausalLM
+from mm15_components.vision import OpenCLIPVisionEncoder
+from mm15_components.vision.encoder import interpolate_position_embedding
+from mm15_components.weights import (
     EXPORT_WEIGHTS,
     load_weights,
     load_weights_from,
     read_weights,
     save_weights,
 )
-from mm15_components.cli import main
-from mm15_components.connectors import MLPProjector
-from mm15_components.language import CausalLM
-from mm15_components.vision import OpenCLIPVisionEncoder
-from mm15_components.vision.encoder import interpolate_position_embedding
 
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
 SMALL = [
