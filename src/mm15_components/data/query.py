@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.datamodule import data_tokenizer
-from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.prompt import question_sample
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.chat import ChatTemplate
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
@@ -25,8 +26,10 @@ from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 class QueryDataModule(L.LightningDataModule):
     """Asks ``query`` about each image (or each sampled video frame) on its own.
 
-    The prompt is written as the synthetic training data writes it (``"{query}\\n<image>"``),
-    and batches carry the original images, the query and a file-name stem per image for
+    The prompt is the one a training sample with this question and image has
+    (:func:`~mm15_components.data.prompt.question_sample`: the question, then the image, in
+    the tokenizer's chat template when it has one), and batches carry the original images,
+    the query and a file-name stem per image for
     :class:`~mm15_components.predict.PredictionWriter`.
 
     Args:
@@ -39,6 +42,8 @@ class QueryDataModule(L.LightningDataModule):
             :class:`~mm15_components.data.SyntheticDataModule`, and they must match the model's
             training (the defaults match the quickstart recipe). Words outside the tokenizer's
             vocabulary are read as unknown, with a warning.
+        use_tokenizer_template: as in :class:`~mm15_components.data.ConversationDataModule`:
+            False asks in the plain template even when the tokenizer has its own.
         batch_size / num_workers: loader settings.
     """
 
@@ -54,6 +59,7 @@ class QueryDataModule(L.LightningDataModule):
         image_tokens: int = 16,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
+        use_tokenizer_template: bool = True,
         batch_size: int = 8,
         num_workers: int = 0,
         mean: tuple[float, float, float] = CLIP_MEAN,
@@ -88,6 +94,7 @@ class QueryDataModule(L.LightningDataModule):
             image_tokens,
             mean,
             std,
+            template=None if use_tokenizer_template else ChatTemplate(),
             splitter=splitter,
             tile_indicators=tile_indicators,
         )
@@ -128,8 +135,7 @@ class QueryDataModule(L.LightningDataModule):
         self.predict_set = [self._encode(*item) for item in inputs]
 
     def _encode(self, id: str, name: str, image: Image.Image) -> dict[str, Any]:
-        turns = [Turn("user", f"{self.query}\n{IMAGE_TOKEN}"), Turn("assistant", "")]
-        item = self.encoder(Sample(turns=turns, images=[image], id=id))
+        item = self.encoder(question_sample(self.query, [image], id=id))
         return {**item, "image": image, "name": name, "query": self.query}
 
     def predict_dataloader(self) -> DataLoader:

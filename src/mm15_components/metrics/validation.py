@@ -11,7 +11,7 @@ from typing import Literal
 from torchmetrics import Metric
 
 from mm15_components.metrics.answers import ANLS, ExactMatch, RelaxedAccuracy, VQAAccuracy
-from mm15_components.metrics.grounding import GroundingAccuracy
+from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,15 @@ def validation_metric(name: str, where: str = "sample") -> ValidationMetric:
             f"{where}: unknown metric {name!r}; choose from {sorted(VALIDATION_METRICS)}"
         )
     return VALIDATION_METRICS[name]
+
+
+def validation_scores() -> dict[str, Metric]:
+    """One metric per name validation can log (without ``val/``): every entry, its baseline
+    (``<name>_const`` or ``<name>_majority``) and its mean IoU where it has one."""
+    scores: dict[str, Metric] = {}
+    for name, spec in VALIDATION_METRICS.items():
+        scores[name] = spec.build()
+        scores[f"{name}_{spec.baseline}"] = spec.build()
+        if spec.mean_iou is not None:
+            scores[spec.mean_iou] = MeanIoU()
+    return scores
