@@ -245,6 +245,8 @@ def test_malformed_records_name_the_file_and_record(tmp_path):
         BenchmarkDataModule("docvqa", str(write_json(tmp_path / "val.json", [])))
     with pytest.raises(ValueError, match="the prompt must contain {question}"):
         BenchmarkDataModule("textvqa", str(path), prompt="Answer briefly.")
+    with pytest.raises(ValueError, match="may hold no field but {question}"):
+        BenchmarkDataModule("textvqa", str(path), prompt="{question} in {language}")
     with pytest.raises(ValueError, match="unknown metric 'bleu'"):
         BenchmarkDataModule("llava", str(path), metric="bleu")
 

@@ -25,20 +25,20 @@ Layouts (each a file of the public release, read as it is):
 
 A malformed record is a ``BadSampleError`` naming the file and record. Under the ``raise``
 policy it stops evaluation before it starts; under ``skip`` it is counted and reported, and
-left out (it has no usable question). A missing or unreadable image is found as early:
-under ``skip`` its question stays in the benchmark, unanswered, and scores 0.
+left out (it has no usable question). A missing image is found as early, an unreadable one
+when its question is read; under ``skip`` such a question stays in the benchmark,
+unanswered, and scores 0.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from torch.utils.data import Dataset
 
@@ -46,6 +46,7 @@ from mm15_components.data.collate import SampleEncoder
 from mm15_components.data.formats import (
     BadSampleError,
     BadSamplePolicy,
+    load_json,
     open_image,
     parse_record,
     read_json_records,
@@ -56,7 +57,7 @@ from mm15_components.language.chat import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
 BenchmarkName = Literal["textvqa", "docvqa", "infovqa", "chartqa", "refcoco", "llava"]
-BENCHMARKS = ("textvqa", "docvqa", "infovqa", "chartqa", "refcoco", "llava")
+BENCHMARKS: tuple[str, ...] = get_args(BenchmarkName)
 SHORT_ANSWER = "{question}\nAnswer the question using a single word or phrase."
 DEFAULT_PROMPTS: dict[str, str] = {
     "textvqa": SHORT_ANSWER,
@@ -163,19 +164,16 @@ def required_answers(record: Any, key: str, where: str) -> list[str]:
     return answers
 
 
-def load_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The content of a JSON file; raises naming the file."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: malformed JSON: {error}") from error
+    return load_json(path.read_text(encoding="utf-8"), str(path))
 
 
 def data_list(path: Path) -> list[Any]:
     """The ``data`` list of a ``{"data": [...]}`` annotation file."""
-    content = load_json(path)
+    content = read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("data"), list):
         raise ValueError(f"{path}: expected an object with a 'data' list of questions")
     return content["data"]
@@ -220,7 +218,7 @@ def read_docvqa(
 def read_chartqa(
     path: Path, image_root: Path, prompt: str, policy: BadSamplePolicy
 ) -> list[BenchmarkRecord]:
-    records = load_json(path)
+    records = read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a list of {{imgname, query, label}} records")
 
@@ -250,7 +248,7 @@ def load_refs(path: Path) -> list[Any]:
     """The records of a RefCOCO-style ``refs`` file: the original pickle (read as plain data,
     Python 2 strings as Latin-1) or the same list as ``.json``."""
     if path.suffix == ".json":
-        refs = load_json(path)
+        refs = read_json(path)
     else:
         if not path.is_file():
             raise ValueError(f"{path}: no such file")
@@ -274,7 +272,7 @@ def read_refcoco(
     encode_box: Callable[[Box, tuple[int, int]], str],
 ) -> list[BenchmarkRecord]:
     refs = load_refs(path)
-    coco = load_json(instances)
+    coco = read_json(instances)
     if not isinstance(coco, dict) or not {"images", "annotations"} <= coco.keys():
         raise ValueError(f"{instances}: expected COCO 'images' and 'annotations'")
     images = {image["id"]: image for image in coco["images"]}
@@ -347,6 +345,10 @@ def read_benchmark(
     ``policy``; a question whose image is missing goes to it too, and is kept when it
     returns (``skip``), to be scored 0."""
     prompt = prompt or DEFAULT_PROMPTS.get(benchmark, "{question}")
+    try:
+        prompt.format(question="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"the prompt may hold no field but {{question}}: {prompt!r}") from error
     if "{question}" not in prompt:
         raise ValueError(f"the prompt must contain {{question}}, got {prompt!r}")
     root = image_root or path.parent / IMAGE_FOLDERS.get(benchmark, "")
