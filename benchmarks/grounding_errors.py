@@ -33,6 +33,7 @@ from mm15_components import MM15Module
 from mm15_components.cli import build_from_config
 from mm15_components.data import SyntheticDataModule
 from mm15_components.data.collate import collate
+from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic import shapes
 from mm15_components.metrics.grounding import box_iou
@@ -90,7 +91,7 @@ def encoded_batches(data: SyntheticDataModule, samples: list[Sample]) -> Iterato
 
 def ask(question: str, answer: str, image: Image.Image) -> Sample:
     """A one-turn sample asking ``question`` about ``image``, as training asks it."""
-    return Sample(turns=[shapes.image_turn(question), Turn("assistant", answer)], images=[image])
+    return Sample(turns=[question_turn(question), Turn("assistant", answer)], images=[image])
 
 
 def ask_every_shape(

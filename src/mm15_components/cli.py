@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -24,7 +25,8 @@ def load_yaml(text: str) -> Any:
     return None if value == "None" and text.strip() == "None" else value
 
 
-set_loader(PARSER_MODE, load_yaml)
+# a value that is not YAML stays the text it is, as in jsonargparse's own yaml mode
+set_loader(PARSER_MODE, load_yaml, exceptions=(yaml.YAMLError,))
 
 
 class MM15CLI(LightningCLI):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 from torchmetrics import MeanMetric
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
@@ -18,7 +24,8 @@ from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinu
 from mm15_components.grounding.head import CoordinateGroundingHead
 from mm15_components.language.chat import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
-from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, first_boxes
+from mm15_components.metrics.grounding import first_boxes
+from mm15_components.metrics.validation import VALIDATION_METRICS, validation_scores
 from mm15_components.model import MM15Model
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.parallelize import parallelize
@@ -120,9 +127,8 @@ class MM15Module(L.LightningModule):
         )
         self.moe_layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
         self.val_loss = MeanMetric()
-        self.val_grounding_acc = GroundingAccuracy(0.5)
-        self.val_grounding_acc_const = GroundingAccuracy(0.5)
-        self.val_mean_iou = MeanIoU()
+        self.val_scores = nn.ModuleDict(validation_scores())
+        self.answers_path: Path | None = None
 
     # ---- training -------------------------------------------------------------------------
     def answer_loss(
@@ -180,39 +186,139 @@ class MM15Module(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss_sum, count, _ = self.answer_loss(batch)
         self.val_loss.update(loss_sum / count.clamp(min=1), weight=count)
-        grounding = torch.isfinite(batch["target_boxes"]).all(-1)
-        if grounding.any():
-            self.evaluate_grounding(batch, grounding)
         self.log("val/loss", self.val_loss, prog_bar=True)
+        records = self.evaluate_answers(batch)
+        if records and self.answers_path is not None:
+            with self.answers_path.open("a", encoding="utf-8") as file:
+                file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
-    def evaluate_grounding(self, batch: dict[str, Any], rows: torch.Tensor) -> None:
-        """Greedy answers for grounding samples, scored by IoU against the target box."""
-        predicted = self.predict_boxes(batch, rows)
-        targets = batch["target_boxes"][rows]
-        self.val_grounding_acc.update(predicted, targets)
-        self.val_mean_iou.update(predicted, targets)
-        self.log("val/grounding_acc", self.val_grounding_acc, prog_bar=True)
-        self.log("val/mean_iou", self.val_mean_iou)
-        baseline = batch["baseline_boxes"][rows]
-        if torch.isfinite(baseline).all():
-            self.val_grounding_acc_const.update(baseline, targets)
-            self.log("val/grounding_acc_const", self.val_grounding_acc_const)
+    def on_validation_epoch_start(self) -> None:
+        """Start this validation's answers file, ``<log_dir>/predictions/val_epoch{E}_step{S}
+        _rank{R}.jsonl`` (none during the sanity check or without a logger)."""
+        self.answers_path = None
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.logger is None:
+            return
+        log_dir = trainer.log_dir  # called on every rank: it is broadcast from rank 0
+        if log_dir is None:  # e.g. fast_dev_run's logger
+            return
+        name = f"val_epoch{trainer.current_epoch}_step{trainer.global_step}"
+        self.answers_path = (
+            Path(log_dir) / "predictions" / f"{name}_rank{trainer.global_rank}.jsonl"
+        )
+        self.answers_path.parent.mkdir(parents=True, exist_ok=True)
+        self.answers_path.write_text("", encoding="utf-8")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log every score some rank updated this epoch (each rank syncs the same ones, in the
+        same order), then reset them all."""
+        names = list(self.val_scores)
+        updated = torch.tensor(
+            [self.val_scores[name].update_count > 0 for name in names], device=self.device
+        )
+        updated = self.trainer.strategy.reduce(updated.long(), reduce_op="sum")
+        for name, count in zip(names, updated.tolist(), strict=True):
+            metric = self.val_scores[name]
+            if count:
+                with warnings.catch_warnings():  # a rank that saw none of these samples
+                    warnings.filterwarnings("ignore", "The ``compute`` method of metric")
+                    value = metric.compute()
+                self.log(f"val/{name}", value, prog_bar=name in VALIDATION_METRICS)
+            metric.reset()
+
+    def evaluate_answers(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Generate an answer for every sample of a batch that has a ``metric``, score it (and
+        its baseline) by that metric, and return one record per sample for the answers file.
+
+        A sample the data could not read (its ``error`` is set) is not asked and scores 0.
+        Under several processes every rank generates once per batch, even with nothing to
+        score, so that sharded weights are gathered in step.
+        """
+        metrics = batch["metrics"]
+        rows = [i for i, name in enumerate(metrics) if name is not None]
+        asked = [i for i in rows if batch["errors"][i] is None]
+        answers: dict[int, str] = {}
+        if asked or distributed():
+            mask = torch.zeros(len(metrics), dtype=torch.bool, device=batch["prompt_ids"].device)
+            mask[asked or [0]] = True
+            answers = dict(zip(asked, self.generate_rows(batch, mask), strict=False))
+        records = []
+        for name in dict.fromkeys(metrics[i] for i in rows):
+            group = [i for i in rows if metrics[i] == name]
+            records += self.score_answers(batch, name, group, [answers.get(i) for i in group])
+        return records
+
+    def score_answers(
+        self, batch: dict[str, Any], name: str, rows: list[int], answers: list[str | None]
+    ) -> list[dict[str, Any]]:
+        """Update metric ``name`` (and its baseline) with the answers to ``rows`` of a batch
+        (None: not answered); returns their records for the answers file."""
+        spec = VALIDATION_METRICS[name]
+        baseline = self.val_scores[f"{name}_{spec.baseline}"]
+        if spec.answer == "box":
+            preds = self.first_boxes(answers, batch["image_sizes"][rows].tolist())
+            targets = batch["target_boxes"][rows]
+            constant = batch["baseline_boxes"][rows]
+            has_constant = torch.isfinite(constant).all(-1)
+            if has_constant.any():
+                baseline.update(constant[has_constant], targets[has_constant])
+            if spec.mean_iou is not None:
+                self.val_scores[spec.mean_iou].update(preds, targets)
+            references = [[box] for box in targets.tolist()]
+        else:
+            preds = answers
+            targets = references = [batch["answers"][i] for i in rows]
+            majority = [i for i in rows if batch["baseline_answers"][i] is not None]
+            if majority:
+                baseline.update(
+                    [batch["baseline_answers"][i] for i in majority],
+                    [batch["answers"][i] for i in majority],
+                )
+        metric = self.val_scores[name]
+        scores = metric.scores(preds, targets).tolist()
+        metric.update(preds, targets)
+        records = []
+        for k, row in enumerate(rows):
+            record = {
+                "id": batch["ids"][row],
+                "metric": name,
+                "question": batch["questions"][row],
+                "answer": answers[k],
+                "references": references[k],
+                "score": scores[k],
+            }
+            if spec.answer == "box":
+                box = preds[k].tolist()
+                record["box"] = box if all(map(math.isfinite, box)) else None
+            if batch["errors"][row] is not None:
+                record["error"] = batch["errors"][row]
+            records.append(record)
+        return records
+
+    def first_boxes(self, answers: list[str | None], sizes: list[list[int]]) -> torch.Tensor:
+        """``[N, 4]`` first box of each answer in pixels of its image (``sizes``: height,
+        width); NaN rows for answers without one and for None."""
+        return first_boxes(
+            [
+                [] if answer is None else self.codec.decode(answer, image_size=tuple(hw))
+                for answer, hw in zip(answers, sizes, strict=True)
+            ]
+        )
 
     def predict_boxes(self, batch: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
         """``[rows, 4]`` first box of the greedy answer to each selected sample of a batch
-        (pixels of its image; NaN where the answer has none)."""
+        (``rows``: a bool mask; pixels of its image; NaN where the answer has none)."""
+        return self.first_boxes(
+            self.generate_rows(batch, rows), batch["image_sizes"][rows].tolist()
+        )
+
+    def generate_rows(self, batch: dict[str, Any], rows: torch.Tensor) -> list[str]:
+        """Greedy answers to the samples of a batch selected by the bool mask ``rows``."""
         keep_images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
-        answers = self.generate(
+        return self.generate(
             batch["prompt_ids"][rows],
             batch["prompt_mask"][rows],
             batch["pixel_values"][keep_images],
-        )
-        sizes = batch["image_sizes"][rows].tolist()
-        return first_boxes(
-            [
-                self.codec.decode(a, image_size=tuple(hw))
-                for a, hw in zip(answers, sizes, strict=True)
-            ]
         )
 
     def generate(
@@ -229,6 +335,8 @@ class MM15Module(L.LightningModule):
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList(processors),
+            # ranks finishing early keep stepping: sharded weights gather on every rank
+            synced_gpus=distributed(),
         )
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -282,3 +390,8 @@ class MM15Module(L.LightningModule):
             param_dtype=MIXED_PRECISION_DTYPES.get(precision),
             activation_checkpointing=self.activation_checkpointing,
         )
+
+
+def distributed() -> bool:
+    """Whether this process is one of several (forward passes may then gather weights)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -1,3 +1,4 @@
+from mm15_components.data.benchmark_datamodule import BenchmarkDataModule
 from mm15_components.data.conversation import ConversationDataModule
 from mm15_components.data.datamodule import SyntheticDataModule
 from mm15_components.data.mixture import Mixture, Source
@@ -6,6 +7,7 @@ from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.video_datamodule import VideoDataModule
 
 __all__ = [
+    "BenchmarkDataModule",
     "ConversationDataModule",
     "Mixture",
     "QueryDataModule",

@@ -11,8 +11,9 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.schema import Box, Sample
-from mm15_components.language.chat import IGNORE_INDEX, ChatTemplate, ConversationTemplate
+from mm15_components.language.chat import IGNORE_INDEX, ConversationTemplate, chat_template_for
 from mm15_components.language.tokenizer import IMAGE_TOKEN
+from mm15_components.metrics.validation import validation_metric
 from mm15_components.vision.anyres import (
     AnyResSplitter,
     IndicatorStyle,
@@ -35,7 +36,14 @@ def image_to_tensor(
 class SampleEncoder:
     """Turns a ``Sample`` into tensors; runs in DataLoader workers.
 
+    Besides the tensors, an item carries what validation scores a sample by: its ``metric``
+    (:func:`scoring_metric`), reference ``answers``, ``baseline_answer``, the ``question``
+    asked, and ``error`` (None here; set by data that answers for a sample it could not
+    read).
+
     Args:
+        template: how turns become token ids; default: the tokenizer's own chat template when
+            it has one, else the plain one (``chat_template_for``).
         splitter: MM1.5's dynamic splitter; each image becomes its tiles (plus overview) and
             ``image_tokens`` counts per tile. None resizes each image to one square.
         tile_indicators: text written before each tile's tokens (MM1.5's position
@@ -66,7 +74,7 @@ class SampleEncoder:
         self.image_size = image_size
         self.image_tokens = image_tokens
         self.mean, self.std = mean, std
-        self.template = template or ChatTemplate()
+        self.template = template or chat_template_for(tokenizer)
         self.splitter = splitter
         self.tile_indicators = tile_indicators
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -109,6 +117,11 @@ class SampleEncoder:
             "target_box": torch.full((4,), float("nan")),
             "baseline_box": torch.full((4,), float("nan")),
             "image_size": torch.tensor(sample.images[0].size[::-1] if sample.images else (0, 0)),
+            "metric": scoring_metric(sample),
+            "answers": list(sample.answers),
+            "baseline_answer": sample.baseline_answer,
+            "question": last_question(sample),
+            "error": None,
         }
         if sample.target_box is not None:
             width, height = sample.images[0].size
@@ -117,6 +130,32 @@ class SampleEncoder:
                 scale = torch.tensor([width, height, width, height], dtype=torch.float32)
                 item["baseline_box"] = torch.tensor(self.baseline_box) * scale
         return item
+
+
+def scoring_metric(sample: Sample) -> str | None:
+    """The name validation scores ``sample`` under: its ``metric``, ``grounding_acc`` for a
+    ``target_box`` without one, None when it has neither a box nor answers. Raises, naming
+    the sample, when the metric is unknown or lacks what it scores."""
+    where = f"sample {sample.id!r}"
+    metric = sample.metric
+    if metric is None and sample.target_box is not None:
+        metric = "grounding_acc"
+    if metric is None:
+        if sample.answers:
+            raise ValueError(f"{where} has answers but no metric to score them by")
+        return None
+    if validation_metric(metric, where).answer == "box":
+        if sample.target_box is None:
+            raise ValueError(f"{where}: metric {metric!r} scores a box, but it has no target_box")
+    elif not sample.answers:
+        raise ValueError(f"{where}: metric {metric!r} scores answers, but it has none")
+    return metric
+
+
+def last_question(sample: Sample) -> str:
+    """The text of the last user turn, image placeholders removed ("" when there is none)."""
+    users = [turn.content for turn in sample.turns if turn.role == "user"]
+    return " ".join(users[-1].replace(IMAGE_TOKEN, " ").split()) if users else ""
 
 
 def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -148,4 +187,9 @@ def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         "target_boxes": torch.stack([it["target_box"] for it in items]),
         "baseline_boxes": torch.stack([it["baseline_box"] for it in items]),
         "image_sizes": torch.stack([it["image_size"] for it in items]),
+        "metrics": [it["metric"] for it in items],
+        "answers": [it["answers"] for it in items],
+        "baseline_answers": [it["baseline_answer"] for it in items],
+        "questions": [it["question"] for it in items],
+        "errors": [it["error"] for it in items],
     }

@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
-from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.prompt import question_sample
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.chat import ChatTemplate
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 
@@ -24,8 +25,10 @@ from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 class QueryDataModule(ModelGeometry, L.LightningDataModule):
     """Asks ``query`` about each image (or each sampled video frame) on its own.
 
-    The prompt is written as the synthetic training data writes it (``"{query}\\n<image>"``),
-    and batches carry the original images, the query and a file-name stem per image for
+    The prompt is the one a training sample with this question and image has
+    (:func:`~mm15_components.data.prompt.question_sample`: the question, then the image, in
+    the tokenizer's chat template when it has one), and batches carry the original images,
+    the query and a file-name stem per image for
     :class:`~mm15_components.predict.PredictionWriter`.
 
     Args:
@@ -38,6 +41,8 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
             defaults match the quickstart's). Words outside the tokenizer's vocabulary are
             read as unknown, with a warning.
         image_size, image_tokens, mean, std: None takes the model's (``adopt_geometry``).
+        use_tokenizer_template: as in :class:`~mm15_components.data.ConversationDataModule`:
+            False asks in the plain template even when the tokenizer has its own.
         batch_size / num_workers: loader settings.
     """
 
@@ -53,6 +58,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         image_tokens: int | None = None,
         splitter: AnyResSplitter | None = None,
         tile_indicators: IndicatorStyle = "none",
+        use_tokenizer_template: bool = True,
         batch_size: int = 8,
         num_workers: int = 0,
         mean: tuple[float, float, float] | None = None,
@@ -84,6 +90,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         self.tokenizer = data_tokenizer(tokenizer, self.codec)
         self._warn_unknown_words()
         self.tile_indicators = tile_indicators
+        self.use_tokenizer_template = use_tokenizer_template
         self.batch_size = batch_size
         self.num_workers = num_workers
 
@@ -111,6 +118,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
             self.image_tokens,
             self.mean,
             self.std,
+            template=None if self.use_tokenizer_template else ChatTemplate(),
             splitter=self.splitter,
             tile_indicators=self.tile_indicators,
         )
@@ -133,8 +141,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
     def _encode(
         self, encoder: SampleEncoder, id: str, name: str, image: Image.Image
     ) -> dict[str, Any]:
-        turns = [Turn("user", f"{self.query}\n{IMAGE_TOKEN}"), Turn("assistant", "")]
-        item = encoder(Sample(turns=turns, images=[image], id=id))
+        item = encoder(question_sample(self.query, [image], id=id))
         return {**item, "image": image, "name": name, "query": self.query}
 
     def predict_dataloader(self) -> DataLoader:

@@ -24,11 +24,21 @@ class Turn:
 class Sample:
     """One training or evaluation example.
 
-    ``target_box`` is set on grounding samples: the pixel box the last answer encodes, so
-    evaluation can score a generated answer by IoU.
+    Validation scores a sample by generating the last answer when it has a ``target_box`` or
+    ``answers``, and logs the score as ``val/<metric>`` (the names are
+    ``metrics.VALIDATION_METRICS``):
+
+    - ``target_box``: the pixel box the last answer encodes, scored by IoU (``metric``
+      defaults to ``grounding_acc``).
+    - ``answers``: reference answers to the last question, scored by ``metric`` (required).
+    - ``baseline_answer``: an answer scored beside the model by the same metric, logged as
+      ``val/<metric>_majority`` (e.g. the most common answer of the training data).
     """
 
     turns: list[Turn]
     images: list[Image.Image] = field(default_factory=list)
     id: str = ""
     target_box: Box | None = None
+    answers: list[str] = field(default_factory=list)
+    metric: str | None = None
+    baseline_answer: str | None = None

@@ -16,11 +16,15 @@ from torch.utils.data import Dataset
 
 from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
 from mm15_components.data.formats import ROLES, read_json_records
+from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic.dataset import SeededDataset, sampling_probabilities
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
 from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
 from mm15_components.grounding.codec import BoxCodec
+
+VIDEO_METRIC = "video_acc"
+"""Validation scores each video answer by exact match (``ExactMatch``): ``val/video_acc``."""
 
 
 class MotionDataset(SeededDataset):
@@ -64,12 +68,14 @@ class MotionDataset(SeededDataset):
         timestamps = [k / self.fps for k in range(self.num_frames)]
         sample_id = f"motion-{self.split}-{index}"
         turns = frame_turns(
-            [Turn("user", f"{question}\n{VIDEO_TOKEN}"), Turn("assistant", answer)],
+            [question_turn(question, placeholder=VIDEO_TOKEN), Turn("assistant", answer)],
             timestamps,
             self.timestamp_format,
             where=sample_id,
         )
-        return Sample(turns=turns, images=clip.frames, id=sample_id)
+        return Sample(
+            turns=turns, images=clip.frames, id=sample_id, answers=[answer], metric=VIDEO_METRIC
+        )
 
 
 class VideoJSONDataset(Dataset):
@@ -134,8 +140,11 @@ class VideoJSONDataset(Dataset):
                 f"{self.min_frames}"
             )
         images = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in clip.frames]
+        answer = turns[-1].content
         turns = frame_turns(turns, timestamps, self.timestamp_format, where)
-        return Sample(turns=turns, images=images, id=sample_id)
+        return Sample(
+            turns=turns, images=images, id=sample_id, answers=[answer], metric=VIDEO_METRIC
+        )
 
 
 def parse_record(record: Any, where: str) -> tuple[str, str, str, list[Turn]]:

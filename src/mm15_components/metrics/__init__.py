@@ -1,3 +1,26 @@
+from mm15_components.metrics.answers import (
+    ANLS,
+    AnswerMetric,
+    ExactMatch,
+    RelaxedAccuracy,
+    VQAAccuracy,
+    choice_letter,
+)
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, box_iou
+from mm15_components.metrics.validation import VALIDATION_METRICS, ValidationMetric
+from mm15_components.metrics.vqa import normalize_vqa_answer
 
-__all__ = ["GroundingAccuracy", "MeanIoU", "box_iou"]
+__all__ = [
+    "ANLS",
+    "AnswerMetric",
+    "ExactMatch",
+    "GroundingAccuracy",
+    "MeanIoU",
+    "RelaxedAccuracy",
+    "VALIDATION_METRICS",
+    "VQAAccuracy",
+    "ValidationMetric",
+    "box_iou",
+    "choice_letter",
+    "normalize_vqa_answer",
+]

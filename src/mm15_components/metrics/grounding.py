@@ -66,6 +66,12 @@ class _MatchedBoxMetric(Metric):
 
         A ``preds`` row with a non-finite value is a miss (IoU 0). ``targets`` must be finite.
         """
+        scores = self.scores(preds, targets)
+        self.score_sum += scores.sum()
+        self.total += scores.numel()
+
+    def scores(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each sample's score, ``[N]`` float64, without updating (inputs as in ``update``)."""
         name = type(self).__name__
         for label, tensor in (("preds", preds), ("targets", targets)):
             if not isinstance(tensor, torch.Tensor):
@@ -84,8 +90,7 @@ class _MatchedBoxMetric(Metric):
         targets = targets.to(device=self.device, dtype=torch.float64)
         hit = torch.isfinite(preds).all(dim=-1)
         ious = torch.where(hit, box_iou(preds.nan_to_num(), targets), 0.0)
-        self.score_sum += self._score(ious).sum()
-        self.total += ious.numel()
+        return self._score(ious)
 
     def compute(self) -> torch.Tensor:
         """The mean score over every sample seen (NaN before the first update)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -88,12 +89,6 @@ def draw_shapes(rng: np.random.Generator, shapes: list[Shape], size: int) -> Ima
     return image
 
 
-def image_turn(question: str) -> Turn:
-    """The user turn showing the image: question first, so that image tokens can attend to
-    what is asked (causal attention)."""
-    return Turn("user", f"{question}\n<image>")
-
-
 def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions: int = 1) -> Sample:
     """ "Where is the red circle?" -> the box of that shape, written by ``encode_box``.
 
@@ -109,7 +104,7 @@ def grounding_sample(rng: np.random.Generator, size: int, encode_box, questions:
     for number, index in enumerate([first, *others][:questions]):
         target = shapes[index]
         question = QUESTION.format(colour=target.colour, kind=target.kind)
-        user = image_turn(question) if number == 0 else Turn("user", question)
+        user = question_turn(question) if number == 0 else Turn("user", question)
         turns += [user, Turn("assistant", encode_box(target.box, (size, size)))]
     return Sample(turns=turns, images=[image], target_box=tuple(float(v) for v in target.box))
 
@@ -121,7 +116,7 @@ def referring_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     image = draw_shapes(rng, shapes, size)
     target = shapes[int(rng.integers(len(shapes)))]
     question = REFERRING_QUESTION.format(box=encode_box(target.box, (size, size)))
-    turns = [image_turn(question), Turn("assistant", target.colour)]
+    turns = [question_turn(question), Turn("assistant", target.colour)]
     return Sample(turns=turns, images=[image])
 
 
@@ -132,7 +127,7 @@ def find_all_sample(rng: np.random.Generator, size: int, encode_box) -> Sample:
     kind = KINDS[int(rng.integers(len(KINDS)))]
     found = sorted((s.box for s in shapes if s.kind == kind), key=lambda box: box[:2])
     answer = " ".join(encode_box(box, (size, size)) for box in found) or NONE_FOUND
-    turns = [image_turn(FIND_ALL_QUESTION.format(kind=kind)), Turn("assistant", answer)]
+    turns = [question_turn(FIND_ALL_QUESTION.format(kind=kind)), Turn("assistant", answer)]
     return Sample(turns=turns, images=[image])
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Box, Sample, Turn
 from mm15_components.data.synthetic import shapes, text
 from mm15_components.data.synthetic.dataset import SeededDataset
@@ -43,9 +44,9 @@ def _shapes_image(rng: np.random.Generator, size: int):
     return found, shapes.draw_shapes(rng, found, size)
 
 
-def _chat(question: str, answer: str, images: list, with_image: bool = True) -> Sample:
-    prompt = f"{question}\n{IMAGE_TOKEN}" if with_image else question
-    return Sample(turns=[Turn("user", prompt), Turn("assistant", answer)], images=images)
+def _chat(question: str, answer: str, images: list) -> Sample:
+    turns = [question_turn(question, len(images)), Turn("assistant", answer)]
+    return Sample(turns=turns, images=images)
 
 
 def general(rng: np.random.Generator, size: int, encode_box: EncodeBox) -> Sample:
@@ -91,7 +92,7 @@ def multi_image(rng: np.random.Generator, size: int, encode_box: EncodeBox) -> S
 
 def text_only(rng: np.random.Generator, size: int, encode_box: EncodeBox) -> Sample:
     a, b = (int(v) for v in rng.integers(0, 50, 2))
-    return _chat(SUM_QUESTION.format(a=a, b=b), str(a + b), [], with_image=False)
+    return _chat(SUM_QUESTION.format(a=a, b=b), str(a + b), [])
 
 
 def caption(rng: np.random.Generator, size: int, encode_box: EncodeBox) -> Sample:

@@ -1,0 +1,138 @@
+"""The evaluation data module: one standard benchmark read from local files."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from mm15_components.data.benchmarks import BenchmarkName, EncodedBenchmark, read_benchmark
+from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
+from mm15_components.data.formats import BadSamplePolicy, OnBadSample
+from mm15_components.data.sampler import ResumableBatchSampler, ResumableLoader
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.language.chat import ChatTemplate
+from mm15_components.metrics.validation import validation_metric
+from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
+
+
+class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
+    """A standard benchmark as validation data, so that
+    ``mm15 validate --config MODEL.yaml --config recipes/eval/BENCHMARK.yaml --ckpt_path CK``
+    logs its metric (``val/vqa_acc``, ``val/anls``, ``val/relaxed_acc``,
+    ``val/grounding_acc``, ...) and writes every answer to ``<log_dir>/predictions/``.
+
+    Questions are asked as the training data asks (:mod:`~mm15_components.data.prompt`, the
+    tokenizer's chat template) and answered greedily; the files' layouts are in
+    :mod:`~mm15_components.data.benchmarks`. Under several processes each rank answers every
+    world-size-th question, once: no question is counted twice.
+
+    Args:
+        benchmark: the file layout, which sets the metric: ``textvqa`` (VQA accuracy),
+            ``docvqa`` and ``infovqa`` (ANLS), ``chartqa`` (relaxed accuracy), ``refcoco``
+            (Acc@IoU0.5, for RefCOCO, RefCOCO+ and RefCOCOg), ``llava`` (``metric``).
+        path: the annotation file (for ``refcoco``, the ``refs`` file).
+        image_root: the folder image paths are relative to; default: where the release
+            keeps them (``benchmarks.IMAGE_FOLDERS``: ``train_images/`` beside TextVQA's file,
+            ``png/`` beside ChartQA's, the file's own folder for the others).
+        prompt: how each question is asked, with ``{question}`` in it; default: the short
+            answer prompt (``benchmarks.DEFAULT_PROMPTS``). Not used by ``llava`` records.
+        split: the RefCOCO split (``val``, ``testA``, ``testB``, ``test``).
+        instances: RefCOCO's COCO ``instances.json`` (default: beside ``path``).
+        metric: how ``llava`` answers are scored (a name of ``VALIDATION_METRICS``).
+        max_samples: evaluate the first this many questions only; None: all.
+        on_bad_sample: ``raise`` stops at a malformed record or a missing image; ``skip``
+            counts and reports them: malformed records are left out, questions whose images
+            cannot be read stay and score 0.
+        tokenizer, codec, splitter, tile_indicators, use_tokenizer_template: the model's data
+            settings, as in its training data module (``mm15 validate`` keeps those of the
+            model recipe).
+        image_size, image_tokens, mean, std: None takes the model's (``adopt_geometry``).
+        batch_size / num_workers: loader settings.
+    """
+
+    def __init__(
+        self,
+        benchmark: BenchmarkName,
+        path: str,
+        image_root: str | None = None,
+        prompt: str | None = None,
+        split: str = "val",
+        instances: str | None = None,
+        metric: str = "exact_match",
+        max_samples: int | None = None,
+        on_bad_sample: OnBadSample = "raise",
+        tokenizer: str | None = None,
+        codec: BoxCodec | None = None,
+        image_size: int | None = None,
+        image_tokens: int | None = None,
+        splitter: AnyResSplitter | None = None,
+        tile_indicators: IndicatorStyle = "none",
+        use_tokenizer_template: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.splitter = splitter
+        self._state_geometry(image_size=image_size, image_tokens=image_tokens, mean=mean, std=std)
+        validation_metric(metric, where=f"BenchmarkDataModule({benchmark!r})")
+        self.codec = codec or BoxCodec()
+        self.tokenizer = data_tokenizer(tokenizer, self.codec)
+        self.policy = BadSamplePolicy(on_bad_sample)
+        self.records = read_benchmark(
+            benchmark,
+            Path(path),
+            self.policy,
+            image_root=Path(image_root) if image_root else None,
+            prompt=prompt,
+            split=split,
+            instances=Path(instances) if instances else None,
+            metric=metric,
+            encode_box=self.codec.encode,
+        )[:max_samples]
+        skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(self.policy.counts.items()))
+        rank_zero_info(
+            f"{benchmark}: {len(self.records)} question(s) from {path}"
+            + (f"; bad records ({skipped}): see the warnings" if skipped else "")
+        )
+        self.template = None if use_tokenizer_template else ChatTemplate()
+        self.tile_indicators = tile_indicators
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def sample_encoder(self) -> SampleEncoder:
+        """How questions become model inputs, with the geometry adopted so far."""
+        return SampleEncoder(
+            self.tokenizer,
+            self.image_size,
+            self.image_tokens,
+            self.mean,
+            self.std,
+            template=self.template,
+            splitter=self.splitter,
+            tile_indicators=self.tile_indicators,
+        )
+
+    def setup(self, stage: str) -> None:
+        self._adopt_trainer_geometry()
+        ranks = {"world": 1, "rank": 0}
+        if self.trainer is not None and self.trainer.world_size > 1:
+            kwargs = self.trainer.strategy.distributed_sampler_kwargs
+            ranks = {"world": kwargs["num_replicas"], "rank": kwargs["rank"]}
+        self.val_set = EncodedBenchmark(self.records, self.sample_encoder(), self.policy, **ranks)
+
+    def val_dataloader(self) -> ResumableLoader:
+        # not a DataLoader, so Lightning leaves its order alone: the ranks are split already
+        loader = DataLoader(
+            self.val_set,
+            batch_sampler=ResumableBatchSampler(len(self.val_set), self.batch_size, shuffle=False),
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
+        )
+        return ResumableLoader(loader)
