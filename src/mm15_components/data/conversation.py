@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
@@ -17,12 +18,14 @@ from mm15_components.data.formats import (
     DOCUMENT_FORMATS,
     BadSampleError,
     BadSamplePolicy,
-    JSONSource,
     OnBadSample,
+    is_record_file,
+    open_source,
 )
+from mm15_components.data.index import RecordIndex
+from mm15_components.data.lengths import BAD, token_counts
 from mm15_components.data.mixture import Mixture, MixtureDataset
 from mm15_components.data.sampler import ResumableLoader
-from mm15_components.data.shards import open_source
 from mm15_components.data.synthetic import standins
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate, chat_template_for
@@ -51,15 +54,20 @@ class EncodedSource(Dataset):
         item = self.encoder(sample)
         length = len(item["input_ids"])
         if self.max_tokens is not None and length > self.max_tokens:
-            where = (
-                self.samples.records[index][0]
-                if isinstance(self.samples, JSONSource)
-                else sample.id
-            )
+            where = self.samples.where(index) if hasattr(self.samples, "where") else sample.id
             raise BadSampleError(
                 "too_long", f"{where}: {length} tokens, over the limit of {self.max_tokens}"
             )
         return item
+
+    def token_counts(self, indices: np.ndarray) -> np.ndarray:
+        """The token count of each sample of ``indices`` without decoding images
+        (``lengths.token_counts``); ``lengths.BAD`` for samples that are bad, too long ones
+        included."""
+        counts = token_counts(self.samples, self.encoder, indices)
+        if self.max_tokens is not None:
+            counts[counts > self.max_tokens] = BAD
+        return counts
 
 
 def collate_with_stats(
@@ -74,10 +82,10 @@ def collate_with_stats(
 
 
 class MixtureStatsLogger(L.Callback):
-    """Logs the running count of skipped bad samples (``data/skipped``, those dropped while
-    reading files included) and each category's realised share of the training samples so
-    far (``data/share/<category>``), as seen on this rank. ``ConversationDataModule`` adds
-    it to the trainer when it is missing; its counts are saved in checkpoints."""
+    """Logs the running count of skipped bad samples (``data/skipped``) and each category's
+    realised share of the training samples so far (``data/share/<category>``), as seen on
+    this rank. ``ConversationDataModule`` adds it to the trainer when it is missing; its
+    counts are saved in checkpoints."""
 
     def __init__(self) -> None:
         self.skipped = 0
@@ -95,8 +103,7 @@ class MixtureStatsLogger(L.Callback):
             return
         self.skipped += int(batch["skipped"])
         self.counts.update(batch["categories"])
-        read_skipped = getattr(trainer.datamodule, "read_skipped", 0)
-        pl_module.log("data/skipped", float(self.skipped + read_skipped))
+        pl_module.log("data/skipped", float(self.skipped))
         total = sum(self.counts.values())
         for category, count in sorted(self.counts.items()):
             pl_module.log(f"data/share/{category}", count / total)
@@ -122,7 +129,7 @@ class ConversationDataModule(SyntheticDataModule):
     Args:
         train: the training mixture.
         val: the validation mixture; None: the training one (stand-ins render the ``val``
-            split, files are read again: give real data its own ``val``).
+            split, files give the training samples again: give real data its own ``val``).
         tokenizer: a pretrained tokenizer name or path; None builds the word tokenizer of the
             synthetic vocabulary.
         use_tokenizer_template: use the tokenizer's chat template when it has one.
@@ -131,6 +138,8 @@ class ConversationDataModule(SyntheticDataModule):
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
+        index_dir: the folder that caches the record index (and token counts) of each
+            ``.json``/``.jsonl`` source; None: beside each file (see ``data.index``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
         codec, image_size, image_tokens, splitter, tile_indicators, batch_size, num_workers,
@@ -154,6 +163,7 @@ class ConversationDataModule(SyntheticDataModule):
         render_size: int | None = None,
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
+        index_dir: str | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -187,15 +197,20 @@ class ConversationDataModule(SyntheticDataModule):
         self.render_size = render_size or image_size
         self.max_sample_tokens = max_sample_tokens
         self.policy = BadSamplePolicy(on_bad_sample)
+        self.index_dir = index_dir
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
             shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
             rank_zero_info(f"{name} mixture target shares: {shares}")
-        self.train_sources = self._sources(self.train_mixture, train_samples, "train")
-        self.read_skipped = sum(self.policy.counts.values())
-        """Training records skipped while reading the files (the rest are counted per batch)."""
-        self.val_sources = self._sources(self.val_mixture, val_samples, "val")
         self.train_size, self.val_size = train_samples, val_samples
+
+    def prepare_data(self) -> None:
+        """Index each ``.json``/``.jsonl`` source once (Lightning runs this on one process per
+        node before ``setup``; the other ranks then read the cached index)."""
+        for mixture in (self.train_mixture, self.val_mixture):
+            for source in mixture.sources:
+                if source.path is not None and is_record_file(source.path):
+                    RecordIndex.open(source.path, self.index_dir)
 
     def _sources(self, mixture: Mixture, size: int, split: str) -> list[tuple[Dataset, bool]]:
         """Each source's samples, and whether they are documents (no chat template)."""
@@ -208,13 +223,11 @@ class ConversationDataModule(SyntheticDataModule):
                 )
                 sources.append((samples, kind in standins.DOCUMENT_KINDS))
             else:
-                samples = open_source(source.path, source.format, source.image_root, self.policy)
+                samples = open_source(source.path, source.format, source.image_root, self.index_dir)
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources
 
-    def _mixture_set(
-        self, mixture: Mixture, sources: list[tuple[Dataset, bool]], size: int, split: str
-    ) -> MixtureDataset:
+    def _mixture_set(self, mixture: Mixture, size: int, split: str) -> MixtureDataset:
         encoders = {
             document: SampleEncoder(
                 self.tokenizer,
@@ -230,7 +243,7 @@ class ConversationDataModule(SyntheticDataModule):
         }
         encoded = [
             EncodedSource(samples, encoders[document], self.max_sample_tokens)
-            for samples, document in sources
+            for samples, document in self._sources(mixture, size, split)
         ]
         categories = [source.category for source in mixture.sources]
         probabilities = mixture.probabilities()
@@ -239,14 +252,28 @@ class ConversationDataModule(SyntheticDataModule):
         )
 
     def setup(self, stage: str) -> None:
-        self.train_set = self._mixture_set(
-            self.train_mixture, self.train_sources, self.train_size, "train"
-        )
-        self.val_set = self._mixture_set(self.val_mixture, self.val_sources, self.val_size, "val")
+        self.train_set = self._mixture_set(self.train_mixture, self.train_size, "train")
+        self.val_set = self._mixture_set(self.val_mixture, self.val_size, "val")
+        if self.max_tokens is not None:
+            # token counts are cached beside file sources' indexes: one process per node
+            # counts them, the others read them
+            self._local_zero_first(lambda: (self.train_set.lengths(), self.val_set.lengths()))
         if self.trainer is not None and not any(
             isinstance(c, MixtureStatsLogger) for c in self.trainer.callbacks
         ):
             self.trainer.callbacks.append(MixtureStatsLogger())
+
+    def _local_zero_first(self, work: Callable[[], object]) -> None:
+        """Run ``work`` on local rank 0, then on the node's other ranks."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            work()
+            return
+        if trainer.local_rank == 0:
+            work()
+        trainer.strategy.barrier("mm15_components.local_zero_first")
+        if trainer.local_rank != 0:
+            work()
 
     def train_dataloader(self) -> ResumableLoader:
         return with_stats(super().train_dataloader())
