@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,8 @@ def optimize(
         chunk_bytes: the size of a chunk (e.g. ``64MB``).
         num_workers: processes that read and write.
         on_bad_sample: ``raise`` stops at the first bad record or image (missing, or with an
-            unreadable header), naming the file and line; ``skip`` leaves it out with a
-            warning naming it.
+            unreadable header), naming the file and line; ``skip`` leaves it out and prints
+            its file and line.
 
     Returns:
         The number of samples written.
@@ -96,7 +96,7 @@ def optimize(
     written = len(StreamingSource(output_dir, format))
     message = f"{output_dir}: {written} samples of {input}"
     if written < len(source):
-        message += f"; {len(source) - written} bad ones left out (warned above)"
+        message += f"; {len(source) - written} bad ones left out (named above)"
     print(message)
     return written
 
@@ -114,7 +114,8 @@ class _ChunkItem:
         except BadSampleError as error:
             if self.on_bad_sample == "raise":
                 raise
-            warnings.warn(f"left out: {error}", stacklevel=2)
+            # printed, not warned: the warning filters of a forked worker may hide it
+            print(f"left out: {error}", file=sys.stderr, flush=True)
             return None
 
     def item(self, index: int) -> dict[str, Any]:
