@@ -116,9 +116,10 @@ def test_counts_equal_the_full_encoding(corpus, tokenizer, monkeypatch, tiling, 
     assert counts.tolist() == expected
 
 
-def test_bad_and_too_long_samples_through_the_mixture(tmp_path, tokenizer):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_and_too_long_samples_through_the_mixture(tmp_path, tokenizer, workers):
     """The mixture's lengths equal its items' lengths, also where a bad or too long sample is
-    replaced by the next one of its source."""
+    replaced by the next one of its source; counted here or in worker processes."""
     Image.new("RGB", (50, 30)).save(tmp_path / "ok.png")
     rng = random.Random(2)
     records = []
@@ -131,14 +132,20 @@ def test_bad_and_too_long_samples_through_the_mixture(tmp_path, tokenizer):
     records[3] = "{not json"
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    train = Mixture([Source("general", path=str(path)), Source("math"), Source("text_only")])
+    # the stand-in gets over 512 draws: counted in two batches, by two workers
+    train = Mixture([Source("general", path=str(path)), Source("math")], categories={"math": 5})
     data = ConversationDataModule(
-        train, max_tokens=400, max_sample_tokens=60, train_samples=120, val_samples=8
+        train,
+        max_tokens=400,
+        max_sample_tokens=60,
+        train_samples=800,
+        val_samples=8,
+        num_workers=workers,
     )
     with pytest.warns(UserWarning):  # bad samples skipped
         data.setup("fit")
         lengths = data.train_set.lengths()
-        assert lengths.tolist() == [len(data.train_set[i]["input_ids"]) for i in range(120)]
+        assert lengths.tolist() == [len(data.train_set[i]["input_ids"]) for i in range(800)]
     encoded = data.train_set.sources[0]
     counts = encoded.token_counts(np.arange(40))
     assert (counts == BAD).sum() > 5  # missing images, malformed line, over 60 tokens

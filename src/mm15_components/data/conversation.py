@@ -37,14 +37,20 @@ DOCUMENT_TEMPLATE = ChatTemplate(user_prefix="", assistant_prefix="", separator=
 
 
 class EncodedSource(Dataset):
-    """Encodes the samples of one source; a sample over ``max_tokens`` is a bad sample."""
+    """Encodes the samples of one source; a sample over ``max_tokens`` is a bad sample.
+    ``count_workers`` processes count tokens for ``token_counts`` (0: this one)."""
 
     def __init__(
-        self, samples: Dataset, encoder: SampleEncoder, max_tokens: int | None = None
+        self,
+        samples: Dataset,
+        encoder: SampleEncoder,
+        max_tokens: int | None = None,
+        count_workers: int = 0,
     ) -> None:
         self.samples = samples
         self.encoder = encoder
         self.max_tokens = max_tokens
+        self.count_workers = count_workers
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,7 +70,7 @@ class EncodedSource(Dataset):
         """The token count of each sample of ``indices`` without decoding images
         (``lengths.token_counts``); ``lengths.BAD`` for samples that are bad, too long ones
         included."""
-        counts = token_counts(self.samples, self.encoder, indices)
+        counts = token_counts(self.samples, self.encoder, indices, self.count_workers)
         if self.max_tokens is not None:
             counts[counts > self.max_tokens] = BAD
         return counts
@@ -242,7 +248,7 @@ class ConversationDataModule(SyntheticDataModule):
             for document in (False, True)
         }
         encoded = [
-            EncodedSource(samples, encoders[document], self.max_sample_tokens)
+            EncodedSource(samples, encoders[document], self.max_sample_tokens, self.num_workers)
             for samples, document in self._sources(mixture, size, split)
         ]
         categories = [source.category for source in mixture.sources]

@@ -34,12 +34,12 @@ class Source:
         category: the category it belongs to (its realised share is logged per category).
         group: the group of its category (default: one group for every source).
         weight: relative to the other sources of the same category.
-        path: a ``.json``/``.jsonl`` file, or ``.tar`` shards (a path or a glob, e.g.
-            ``/data/cc3m/*.tar``: ``shards.ShardSource``); None uses the synthetic stand-in
-            ``synthetic``.
+        path: a ``.json``/``.jsonl`` file (``formats.JSONSource``), or the folder or URL
+            (``s3://...``) of litdata chunks written by ``mm15 data optimize``
+            (``stream.StreamingSource``); None uses the synthetic stand-in ``synthetic``.
         format: the records' schema (``conversation``, ``caption``, ``interleaved``, ``text``).
         image_root: folder a file's image paths are relative to (default: its folder); unset
-            for shards, whose images are their members.
+            for chunks, which hold their images.
         synthetic: the stand-in kind when ``path`` is None (default: ``category``), one of
             ``mm15_components.data.synthetic.standins.KINDS``.
     """

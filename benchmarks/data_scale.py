@@ -1,0 +1,440 @@
+"""Sources of up to millions of records: start-up time and memory per process, with and without
+DataLoader workers, and token-budget lengths, for the indexed ``JSONSource`` beside the
+previous loading (every record parsed into Python objects when the source is built; a copy
+of that code is kept below as the reference) and Hugging Face ``datasets``
+(``load_dataset("json")``, optional), side by side.
+
+The data: a LLaVA-style ``.jsonl`` file (and the same records as a ``.json`` list) of
+``--records`` conversations of about 470 bytes, one image each under a unique name; the
+names are hard links to 16 JPEGs of 64-640 px, so a million of them take no space.
+
+Each case runs in a fresh process, which reports its RSS after imports (the baseline), the
+time to build the source, and its RSS and peak RSS after, over the baseline. The worker cases
+then read ``--batches`` batches of 32 through 4 DataLoader workers (the SFT recipe's 64 px,
+16-token encoding) and report each process's RSS and private memory (pages not shared with
+the others: what copy-on-write costs). The lengths case times ``MixtureDataset.lengths()``
+for ``--lengths`` items at the MM1.5 SFT geometry (AnyRes tiles of 378 px, 4..9 tiles, 144
+tokens each, tile indicators), first run and cached, against the previous way (encoding every
+item, images decoded and split) on ``--old_lengths`` items. ``--recipe`` also times
+``mm15 fit --config recipes/sft.yaml`` for 3 steps with its ``general`` source read from the
+file.
+
+    HF_HUB_OFFLINE=1 python benchmarks/data_scale.py --records 1000000 [--dir /tmp/mm15-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.conversation import EncodedSource
+from mm15_components.data.datamodule import data_tokenizer
+from mm15_components.data.formats import (
+    FORMATS,
+    BadSampleError,
+    BadSamplePolicy,
+    Format,
+    JSONSource,
+    load_json,
+    open_image,
+    parse_record,
+)
+from mm15_components.data.mixture import MixtureDataset
+from mm15_components.data.schema import Sample, Turn
+from mm15_components.grounding.codec import BoxCodec
+from mm15_components.vision.anyres import AnyResSplitter
+
+BATCH = 32
+WORKERS = 4
+WORDS = (
+    "the a image shows picture photo of with in on and near left right top bottom red blue "
+    "green small large people person dog cat car street table sign text reads what where "
+    "how many is are there describe detail color two three background front"
+).split()
+
+
+# ---- the previous loading, kept as the reference -----------------------------------------
+def previous_read_json_records(path: Path, policy: BadSamplePolicy) -> list[tuple[Any, str]]:
+    """The records of a ``.jsonl`` or ``.json`` file, each with where it is, all parsed now."""
+    if path.suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    records.append((load_json(line, where), where))
+                except BadSampleError as error:
+                    policy.handle(error)
+        return records
+    data = load_json(path.read_text(encoding="utf-8"), str(path))
+    return [(record, f"{path}: record {index}") for index, record in enumerate(data)]
+
+
+class PreviousJSONSource(Dataset):
+    """The samples of one file, every record parsed into turns when the source is built."""
+
+    def __init__(self, path: Path, format: Format, image_root: Path) -> None:
+        assert format in FORMATS
+        self.image_root = image_root
+        policy = BadSamplePolicy("raise")
+        self.records: list[tuple[str, str, list[Turn], list[str]]] = []
+        for record, where in previous_read_json_records(path, policy):
+            turns, images = parse_record(record, format, where)
+            self.records.append((where, str(record.get("id", where)), turns, images))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        where, sample_id, turns, paths = self.records[index]
+        images = [open_image(self.image_root / path, where) for path in paths]
+        return Sample(turns=list(turns), images=images, id=sample_id)
+
+
+class DatasetsSource(Dataset):
+    """The samples of a Hugging Face ``datasets`` table of the same records."""
+
+    def __init__(self, table: Any, image_root: Path) -> None:
+        self.table = table
+        self.image_root = image_root
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.table[index]
+        where = f"row {index}"
+        turns, paths = parse_record(record, "conversation", where)
+        images = [open_image(self.image_root / path, where) for path in paths]
+        return Sample(turns=turns, images=images, id=record["id"])
+
+
+# ---- data ---------------------------------------------------------------------------------
+def generate(folder: Path, records: int) -> Path:
+    """``records.jsonl``/``records.json`` of ``records`` conversations and their image names
+    (kept between runs of the same size)."""
+    path = folder / "records.jsonl"
+    done = folder / f"done-{records}"
+    if done.is_file():
+        return path
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    rng = random.Random(0)
+    bases = []
+    for k in range(16):
+        width, height = rng.randrange(64, 641), rng.randrange(64, 641)
+        pixels = np.linspace(0, 255, width * height * 3) % 256
+        image = Image.fromarray(pixels.reshape(height, width, 3).astype(np.uint8))
+        bases.append(folder / f"base-{k}.jpg")
+        image.save(bases[-1], quality=90)
+    with open(path, "w") as jsonl, open(folder / "records.json", "w") as listed:
+        listed.write("[\n")
+        for k in range(records):
+            image = f"{k // 1000:04d}/{k:07d}.jpg"
+            if k % 1000 == 0:
+                (folder / "images" / image).parent.mkdir()
+            os.link(bases[k % 16], folder / "images" / image)
+            question = " ".join(rng.choices(WORDS, k=rng.randrange(8, 24))) + "?"
+            answer = " ".join(rng.choices(WORDS, k=rng.randrange(30, 60))) + "."
+            record = {
+                "id": f"{k:07d}",
+                "image": image,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+            line = json.dumps(record)
+            jsonl.write(line + "\n")
+            listed.write(("" if k == 0 else ",\n") + line)
+        listed.write("\n]\n")
+    done.touch()
+    return path
+
+
+# ---- measurements (in the process of one case) --------------------------------------------
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def private_mb(pid: int | str = "self") -> float:
+    """Memory only this process maps (its own and copied-on-write pages), MB."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
+
+
+def reset_peak() -> None:
+    """Start the peak RSS (VmHWM) over from the current RSS (Linux 4.0+)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def open_source(kind: str, folder: Path) -> Dataset:
+    images = folder / "images"
+    if kind == "indexed":
+        return JSONSource(folder / "records.jsonl", image_root=images)
+    if kind == "indexed_json":
+        return JSONSource(folder / "records.json", image_root=images)
+    if kind == "previous":
+        return PreviousJSONSource(folder / "records.jsonl", "conversation", images)
+    if kind == "datasets":
+        from datasets import load_dataset
+
+        table = load_dataset(
+            "json", data_files=str(folder / "records.jsonl"), split="train",
+            cache_dir=str(folder / "hf-cache"),
+        )  # fmt: skip
+        return DatasetsSource(table, images)
+    raise ValueError(kind)
+
+
+def build_case(kind: str, folder: Path, first: bool) -> dict[str, float]:
+    """Time and memory of building one source (``first``: no cache yet)."""
+    if kind == "datasets":
+        import datasets  # noqa: F401 (its import is part of the baseline)
+    if first:
+        for cache in ("records.jsonl.mm15-index", "records.json.mm15-index", "hf-cache"):
+            shutil.rmtree(folder / cache, ignore_errors=True)
+    baseline = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    source = open_source(kind, folder)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "rss": rss_mb() - baseline,
+        "peak": peak_mb() - baseline,
+        "baseline": baseline,
+        "samples": len(source),
+    }
+
+
+def sft_encoder(tokenizer: Any, splitter: AnyResSplitter | None = None) -> SampleEncoder:
+    if splitter is None:  # the SFT recipe as shipped: 64 px, 16 tokens per image
+        return SampleEncoder(tokenizer, 64, 16, (0.5,) * 3, (0.5,) * 3)
+    return SampleEncoder(tokenizer, 378, 144, (0.5,) * 3, (0.5,) * 3, None, splitter, "index")
+
+
+def workers_case(kind: str, folder: Path, batches: int) -> dict[str, Any]:
+    """Memory of the main process and each worker after ``batches`` batches."""
+    if kind == "datasets":
+        import datasets  # noqa: F401
+    baseline = rss_mb()
+    tokenizer = data_tokenizer(None, BoxCodec(), WORDS)
+    encoded = EncodedSource(open_source(kind, folder), sft_encoder(tokenizer))
+    mixture = MixtureDataset([encoded], ["general"], np.ones(1), batches * BATCH, seed=1)
+    loader = DataLoader(
+        mixture,
+        batch_size=BATCH,
+        num_workers=WORKERS,
+        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
+    )
+    start = time.perf_counter()
+    iterator = iter(loader)
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    workers = children(os.getpid())
+    result = {
+        "seconds": seconds,
+        "main_rss": rss_mb(),
+        "main_private": private_mb(),
+        "worker_rss": [rss_mb(pid) for pid in workers],
+        "worker_private": [private_mb(pid) for pid in workers],
+        "baseline": baseline,
+    }
+    del iterator
+    return result
+
+
+def lengths_case(folder: Path, items: int, old_items: int) -> dict[str, float]:
+    """``MixtureDataset.lengths()`` of ``items`` items at the SFT geometry: first run (counted
+    here, then by 2 worker processes), cached, and the previous way (encoding each item) on
+    ``old_items``."""
+    tokenizer = data_tokenizer(None, BoxCodec(), WORDS)
+    splitter = AnyResSplitter(tile_size=378, min_tiles=4, max_tiles=9)
+    source = JSONSource(folder / "records.jsonl", image_root=folder / "images")
+
+    def lengths(size: int, workers: int = 0, fresh: bool = False) -> tuple[np.ndarray, float]:
+        if fresh:
+            for cached in source.index.folder.glob("tokens-*"):
+                cached.unlink()
+        encoded = EncodedSource(source, sft_encoder(tokenizer, splitter), count_workers=workers)
+        mixture = MixtureDataset([encoded], ["general"], np.ones(1), size, seed=2)
+        start = time.perf_counter()
+        return mixture.lengths(), time.perf_counter() - start
+
+    first, first_seconds = lengths(items, fresh=True)
+    two, two_seconds = lengths(items, workers=2, fresh=True)
+    again, cached_seconds = lengths(items)
+    assert np.array_equal(first, again) and np.array_equal(first, two)
+    encoded = EncodedSource(source, sft_encoder(tokenizer, splitter))
+    previous = MixtureDataset([encoded], ["general"], np.ones(1), items, seed=2)
+    start = time.perf_counter()
+    old = [len(previous[i]["input_ids"]) for i in range(old_items)]
+    old_seconds = time.perf_counter() - start
+    assert old == first[:old_items].tolist(), "counts differ from the full encoding"
+    return {
+        "first": first_seconds,
+        "two_workers": two_seconds,
+        "cached": cached_seconds,
+        "old_per_item": old_seconds / old_items,
+        "new_per_item": first_seconds / items,
+        "mean_tokens": float(first.mean()),
+    }
+
+
+def recipe_case(folder: Path) -> dict[str, float]:
+    """``mm15 fit --config recipes/sft.yaml`` with its ``general`` source read from the file:
+    wall time of 3 training steps (imports included) and peak RSS of the process."""
+    recipe = Path(__file__).parents[1] / "recipes" / "sft.yaml"
+    sources = yaml.safe_load(recipe.read_text())["data"]["init_args"]["train"]
+    general = {"path": str(folder / "records.jsonl"), "image_root": str(folder / "images")}
+    sources["sources"][0].update(general)
+    override = folder / "sft-override.yaml"
+    override.write_text(yaml.safe_dump({"data": {"init_args": {"train": sources}}}))
+    command = ["mm15", "fit", "--config", str(recipe), "--config", str(override)]
+    command += ["--trainer.max_steps=3", f"--trainer.default_root_dir={folder / 'run'}"]
+    command += ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"seconds": seconds, "peak": peak}
+
+
+# ---- the driver ---------------------------------------------------------------------------
+def run_case(arguments: argparse.Namespace, *case: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--dir", str(arguments.dir), "--case", *case]
+    command += ["--batches", str(arguments.batches), "--lengths", str(arguments.lengths)]
+    command += ["--old_lengths", str(arguments.old_lengths), "--records", str(arguments.records)]
+    output = subprocess.run(command, capture_output=True, text=True)
+    for line in output.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"case {case} failed:\n{output.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/mm15-data-scale"))
+    parser.add_argument("--batches", type=int, default=500)
+    parser.add_argument("--lengths", type=int, default=100_000)
+    parser.add_argument("--old_lengths", type=int, default=200)
+    parser.add_argument("--no_datasets", action="store_true", help="leave datasets out")
+    parser.add_argument("--recipe", action="store_true", help="also time the SFT recipe")
+    parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    folder = arguments.dir
+    torch.set_num_threads(1)
+    if arguments.case:
+        kind, *rest = arguments.case
+        if kind == "build":
+            result = build_case(rest[0], folder, rest[1] == "first")
+        elif kind == "workers":
+            result = workers_case(rest[0], folder, arguments.batches)
+        elif kind == "recipe":
+            result = recipe_case(folder)
+        else:
+            result = lengths_case(folder, arguments.lengths, arguments.old_lengths)
+        print("RESULT " + json.dumps(result))
+        return
+
+    start = time.perf_counter()
+    generate(folder, arguments.records)
+    print(f"{arguments.records} records in {folder} ({time.perf_counter() - start:.0f} s)")
+    print(f"load average before: {os.getloadavg()}")
+    kinds = ["indexed", "indexed_json", "previous"]
+    if not arguments.no_datasets:
+        kinds.append("datasets")
+    print("\nbuilding a source: seconds, RSS and peak RSS over the import baseline (MB)")
+    builds = {}
+    for kind in kinds:
+        runs = ["first", "cached"] if kind != "previous" else ["first"]
+        for run in runs:
+            result = run_case(arguments, "build", kind, run)
+            builds[kind, run] = result
+            print(
+                f"  {kind:13} {run:7} {result['seconds']:7.1f} s  RSS +{result['rss']:6.0f}  "
+                f"peak +{result['peak']:6.0f}  (baseline {result['baseline']:.0f})"
+            )
+    base = builds["previous", "first"]
+    for kind, run in builds:
+        result = builds[kind, run]
+        print(
+            f"  previous / {kind} {run}: time {base['seconds'] / result['seconds']:.1f}x, "
+            f"peak memory {base['peak'] / max(result['peak'], 1):.1f}x"
+        )
+
+    print(
+        f"\n{WORKERS} workers after {arguments.batches} batches of {BATCH}: RSS and private "
+        "memory (not shared with another process) of the main process and of each worker, MB"
+    )
+    for kind in [k for k in kinds if k != "indexed_json"]:
+        result = run_case(arguments, "workers", kind)
+        workers = ", ".join(
+            f"{rss:.0f} ({private:.0f})"
+            for rss, private in zip(result["worker_rss"], result["worker_private"], strict=True)
+        )
+        print(
+            f"  {kind:9} {result['seconds']:6.1f} s  main {result['main_rss']:.0f} "
+            f"({result['main_private']:.0f}; import baseline {result['baseline']:.0f}); "
+            f"workers {workers}"
+        )
+
+    result = run_case(arguments, "lengths")
+    print(
+        f"\ntoken-budget lengths of {arguments.lengths} items (AnyRes 378 px, 4..9 tiles, 144 "
+        f"tokens; mean {result['mean_tokens']:.0f} tokens): first run {result['first']:.1f} s "
+        f"({result['two_workers']:.1f} s counted by 2 workers), cached {result['cached']:.1f} s; "
+        f"per item {result['new_per_item'] * 1e3:.2f} ms vs {result['old_per_item'] * 1e3:.1f} "
+        f"ms encoding each ({result['old_per_item'] / result['new_per_item']:.0f}x)"
+    )
+    if arguments.recipe:
+        result = run_case(arguments, "recipe")
+        print(
+            f"\nmm15 fit --config recipes/sft.yaml, general source = the file, 3 steps: "
+            f"{result['seconds']:.1f} s, peak RSS {result['peak']:.0f} MB"
+        )
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
