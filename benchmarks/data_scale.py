@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mm15_components.data.collate import SampleEncoder, collate
-from mm15_components.data.conversation import EncodedSource
+from mm15_components.data.conversation import ConversationDataModule, EncodedSource
 from mm15_components.data.datamodule import data_tokenizer
 from mm15_components.data.formats import (
     FORMATS,
@@ -56,7 +56,7 @@ from mm15_components.data.formats import (
     open_image,
     parse_record,
 )
-from mm15_components.data.mixture import MixtureDataset
+from mm15_components.data.mixture import Mixture, MixtureDataset, Source
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.vision.anyres import AnyResSplitter
@@ -320,6 +320,28 @@ def lengths_case(folder: Path, items: int, old_items: int) -> dict[str, float]:
     }
 
 
+def standins_case(items: int, old_items: int) -> dict[str, float]:
+    """``lengths()`` of ``items`` items of the SFT recipe's stand-ins (rendered, not split),
+    against encoding each item, per item."""
+    recipe = Path(__file__).parents[1] / "recipes" / "sft.yaml"
+    train = yaml.safe_load(recipe.read_text())["data"]["init_args"]["train"]
+    mixture = Mixture([Source(**source) for source in train.pop("sources")], **train)
+    data = ConversationDataModule(mixture, train_samples=items, val_samples=8, max_tokens=4096)
+    start = time.perf_counter()
+    data.setup("fit")  # counts the lengths
+    seconds = time.perf_counter() - start
+    lengths = data.train_set.lengths()
+    start = time.perf_counter()
+    old = [len(data.train_set[i]["input_ids"]) for i in range(old_items)]
+    old_seconds = time.perf_counter() - start
+    assert old == lengths[:old_items].tolist(), "counts differ from the full encoding"
+    return {
+        "seconds": seconds,
+        "per_item": seconds / items,
+        "old_per_item": old_seconds / old_items,
+    }
+
+
 def recipe_case(folder: Path) -> dict[str, float]:
     """``mm15 fit --config recipes/sft.yaml`` with its ``general`` source read from the file:
     wall time of 3 training steps (imports included) and peak RSS of the process."""
@@ -372,6 +394,8 @@ def main() -> None:
             result = workers_case(rest[0], folder, arguments.batches)
         elif kind == "recipe":
             result = recipe_case(folder)
+        elif kind == "standins":
+            result = standins_case(arguments.lengths // 10, arguments.old_lengths)
         else:
             result = lengths_case(folder, arguments.lengths, arguments.old_lengths)
         print("RESULT " + json.dumps(result))
@@ -426,6 +450,13 @@ def main() -> None:
         f"({result['two_workers']:.1f} s counted by 2 workers), cached {result['cached']:.1f} s; "
         f"per item {result['new_per_item'] * 1e3:.2f} ms vs {result['old_per_item'] * 1e3:.1f} "
         f"ms encoding each ({result['old_per_item'] / result['new_per_item']:.0f}x)"
+    )
+    result = run_case(arguments, "standins")
+    print(
+        f"lengths of {arguments.lengths // 10} items of the SFT recipe's stand-ins (64 px, "
+        f"rendered, not encoded): {result['seconds']:.1f} s, {result['per_item'] * 1e3:.2f} ms "
+        f"per item vs {result['old_per_item'] * 1e3:.2f} ms encoding each "
+        f"({result['old_per_item'] / result['per_item']:.1f}x)"
     )
     if arguments.recipe:
         result = run_case(arguments, "recipe")

@@ -234,27 +234,40 @@ def scan_records(path: Path) -> np.ndarray:
 
 
 def _scan_lines(path: Path) -> np.ndarray:
-    """One span per non-blank line."""
-    size = path.stat().st_size
-    if size == 0:
+    """One span per non-blank line, read a block at a time (memory: the block and the
+    arrays)."""
+    starts, firsts = [], []  # where each line starts, and its first byte
+    offset, line_starts_block = 0, True
+    with open(path, "rb") as file:
+        while block := file.read(BLOCK_BYTES):
+            data = np.frombuffer(block, dtype=np.uint8)
+            inside = np.flatnonzero(data == 10) + 1
+            if line_starts_block:
+                inside = np.concatenate([[0], inside])
+            line_starts_block = data[-1] == 10
+            inside = inside[inside < len(data)]
+            starts.append(inside + offset)
+            firsts.append(data[inside])
+            offset += len(data)
+    if not offset:
         return np.zeros((0, 3), dtype=np.int64)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    blocks = range(0, size, BLOCK_BYTES)
-    newlines = np.concatenate(
-        [np.flatnonzero(data[at : at + BLOCK_BYTES] == 10) + at for at in blocks]
-    )
-    ends = newlines if data[-1] == 10 else np.append(newlines, size)
-    starts = np.concatenate([[0], newlines[: len(ends) - 1] + 1])
-    if data[:3].tobytes() == _BOM:
-        starts[0] = 3
-    lines = np.arange(1, len(ends) + 1)
-    # Lines are blank only if they are empty or start with whitespace: check those few alone.
-    maybe_blank = np.flatnonzero(
-        (ends <= starts) | np.isin(data[np.minimum(starts, size - 1)], list(b" \t\r\n"))
-    )
-    blank = [i for i in maybe_blank if not data[starts[i] : ends[i]].tobytes().strip()]
-    keep = np.ones(len(ends), dtype=bool)
-    keep[blank] = False
+    starts, firsts = np.concatenate(starts), np.concatenate(firsts)
+    # a line ends at the next one's newline, the last one at the end of the file
+    ends = np.append(starts[1:] - 1, offset - 1 if line_starts_block else offset)
+    lines = np.arange(1, len(starts) + 1)
+    if firsts[0] == _BOM[0]:
+        with open(path, "rb") as file:
+            starts[0] += 3 * (file.read(3) == _BOM)
+    # Lines are blank only if they are empty or start with whitespace (or the first, after a
+    # byte-order mark): check those few alone.
+    maybe_blank = (ends <= starts) | np.isin(firsts, list(b" \t\r\n"))
+    maybe_blank[0] = True
+    keep = np.ones(len(starts), dtype=bool)
+    with open(path, "rb") as file:
+        for i in np.flatnonzero(maybe_blank):
+            keep[i] = bool(
+                os.pread(file.fileno(), int(ends[i] - starts[i]), int(starts[i])).strip()
+            )
     return np.stack([starts[keep], ends[keep], lines[keep]], axis=1).astype(np.int64)
 
 
