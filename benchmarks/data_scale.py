@@ -194,6 +194,14 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def peak_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -292,17 +300,19 @@ def lengths_case(folder: Path, items: int, old_items: int) -> dict[str, float]:
     source = JSONSource(folder / "records.jsonl", image_root=folder / "images")
 
     def lengths(size: int, workers: int = 0, fresh: bool = False) -> tuple[np.ndarray, float]:
+        """The lengths, wall time and CPU time (this process and its workers)."""
         if fresh:
             for cached in source.index.folder.glob("tokens-*"):
                 cached.unlink()
         encoded = EncodedSource(source, sft_encoder(tokenizer, splitter), count_workers=workers)
         mixture = MixtureDataset([encoded], ["general"], np.ones(1), size, seed=2)
-        start = time.perf_counter()
-        return mixture.lengths(), time.perf_counter() - start
+        start, cpu = time.perf_counter(), cpu_seconds()
+        lengths = mixture.lengths()
+        return lengths, time.perf_counter() - start, cpu_seconds() - cpu
 
-    first, first_seconds = lengths(items, fresh=True)
-    two, two_seconds = lengths(items, workers=2, fresh=True)
-    again, cached_seconds = lengths(items)
+    first, first_seconds, first_cpu = lengths(items, fresh=True)
+    two, two_seconds, two_cpu = lengths(items, workers=2, fresh=True)
+    again, cached_seconds, _ = lengths(items)
     assert np.array_equal(first, again) and np.array_equal(first, two)
     encoded = EncodedSource(source, sft_encoder(tokenizer, splitter))
     previous = MixtureDataset([encoded], ["general"], np.ones(1), items, seed=2)
@@ -312,7 +322,9 @@ def lengths_case(folder: Path, items: int, old_items: int) -> dict[str, float]:
     assert old == first[:old_items].tolist(), "counts differ from the full encoding"
     return {
         "first": first_seconds,
+        "first_cpu": first_cpu,
         "two_workers": two_seconds,
+        "two_workers_cpu": two_cpu,
         "cached": cached_seconds,
         "old_per_item": old_seconds / old_items,
         "new_per_item": first_seconds / items,
@@ -382,6 +394,13 @@ def main() -> None:
     parser.add_argument("--old_lengths", type=int, default=200)
     parser.add_argument("--no_datasets", action="store_true", help="leave datasets out")
     parser.add_argument("--recipe", action="store_true", help="also time the SFT recipe")
+    parser.add_argument(
+        "--workers_kinds",
+        nargs="*",
+        default=["indexed", "previous", "datasets"],
+        help="sources to read with workers (the previous loading's 4 workers may each copy "
+        "all its records: about 3 GB each for a million)",
+    )
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     folder = arguments.dir
@@ -420,18 +439,20 @@ def main() -> None:
                 f"peak +{result['peak']:6.0f}  (baseline {result['baseline']:.0f})"
             )
     base = builds["previous", "first"]
-    for kind, run in builds:
-        result = builds[kind, run]
-        print(
-            f"  previous / {kind} {run}: time {base['seconds'] / result['seconds']:.1f}x, "
-            f"peak memory {base['peak'] / max(result['peak'], 1):.1f}x"
-        )
+    for kind in kinds:
+        if kind != "previous":
+            result = builds[kind, "first"]
+            print(
+                f"  {kind} first run vs the previous loading: "
+                f"{base['seconds'] / result['seconds']:.1f}x faster, "
+                f"{base['peak'] / max(result['peak'], 1):.1f}x less peak memory"
+            )
 
     print(
         f"\n{WORKERS} workers after {arguments.batches} batches of {BATCH}: RSS and private "
         "memory (not shared with another process) of the main process and of each worker, MB"
     )
-    for kind in [k for k in kinds if k != "indexed_json"]:
+    for kind in [k for k in kinds if k in arguments.workers_kinds]:
         result = run_case(arguments, "workers", kind)
         workers = ", ".join(
             f"{rss:.0f} ({private:.0f})"
@@ -446,10 +467,11 @@ def main() -> None:
     result = run_case(arguments, "lengths")
     print(
         f"\ntoken-budget lengths of {arguments.lengths} items (AnyRes 378 px, 4..9 tiles, 144 "
-        f"tokens; mean {result['mean_tokens']:.0f} tokens): first run {result['first']:.1f} s "
-        f"({result['two_workers']:.1f} s counted by 2 workers), cached {result['cached']:.1f} s; "
-        f"per item {result['new_per_item'] * 1e3:.2f} ms vs {result['old_per_item'] * 1e3:.1f} "
-        f"ms encoding each ({result['old_per_item'] / result['new_per_item']:.0f}x)"
+        f"tokens; mean {result['mean_tokens']:.0f} tokens), first run: {result['first']:.1f} s "
+        f"({result['first_cpu']:.1f} s of CPU); counted by 2 workers {result['two_workers']:.1f}"
+        f" s ({result['two_workers_cpu']:.1f} s of CPU); cached {result['cached']:.1f} s. Per "
+        f"item {result['new_per_item'] * 1e3:.2f} ms vs {result['old_per_item'] * 1e3:.1f} ms "
+        f"encoding each ({result['old_per_item'] / result['new_per_item']:.0f}x)"
     )
     result = run_case(arguments, "standins")
     print(

@@ -232,11 +232,11 @@ def image_size(file: Path | BinaryIO, where: str, name: str) -> tuple[int, int]:
     """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) from its
     header alone (no pixel is decoded): what token counts need of an image. Raises
     ``BadSampleError`` like ``open_image`` for a missing file or an unreadable header."""
-    if isinstance(file, Path) and not file.is_file():
-        raise BadSampleError("missing_file", f"{where}: image {name} not found")
     try:
         with Image.open(file) as image:
             width, height = image.size
+    except (FileNotFoundError, IsADirectoryError):
+        raise BadSampleError("missing_file", f"{where}: image {name} not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadSampleError(
             "unreadable_image", f"{where}: cannot read image {name}: {error}"

@@ -18,11 +18,13 @@ index, and a file changed under an index in use raises when a record is read.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +61,7 @@ class RecordIndex:
         self.key = key
         self.folder = folder
         self.stat = file_stat(path)
+        self._descriptor: int | None = None
 
     @classmethod
     def scan(cls, path: str | os.PathLike) -> RecordIndex:
@@ -103,14 +106,16 @@ class RecordIndex:
             ValueError: the file changed since it was indexed (its records may have moved).
         """
         start, end, _ = (int(v) for v in self.spans[index])
-        with open(self.path, "rb") as file:
-            now = os.fstat(file.fileno())
-            if (now.st_size, now.st_mtime_ns) != self.stat:
-                raise ValueError(
-                    f"{self.path} changed after it was indexed (size and modification time "
-                    f"{self.stat} -> {(now.st_size, now.st_mtime_ns)}); restart to index it again"
-                )
-            return os.pread(file.fileno(), end - start, start)
+        if self._descriptor is None:  # kept open for the process (and the ones it forks)
+            self._descriptor = os.open(self.path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._descriptor)
+        now = os.fstat(self._descriptor)
+        if (now.st_size, now.st_mtime_ns) != self.stat:
+            raise ValueError(
+                f"{self.path} changed after it was indexed (size and modification time "
+                f"{self.stat} -> {(now.st_size, now.st_mtime_ns)}); restart to index it again"
+            )
+        return os.pread(self._descriptor, end - start, start)
 
     def cached_array(
         self, name: str, compute: Callable[[np.ndarray | None], np.ndarray]
@@ -137,6 +142,7 @@ class RecordIndex:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state["_descriptor"] = None  # a spawned process opens the file itself
         if self.folder is not None:
             state["spans"] = None  # a spawned process maps the cached spans again
         return state
@@ -316,7 +322,7 @@ class _ListScanner:
         return ValueError(f"{self.path}:{self.line_at(self.pos)}: {message}")
 
     def spans(self) -> np.ndarray:
-        spans: list[tuple[int, int, int]] = []
+        spans = array.array("q")  # start, end, line of each record: 24 bytes, not a tuple
         self.more()
         if self.text.startswith(_BOM.decode("latin-1")):
             self.pos = len(_BOM)
@@ -334,13 +340,13 @@ class _ListScanner:
                     if self.more():  # the record may go on in the next block
                         continue
                     self.pos = max(self.pos, error.pos)
-                    message = f"malformed JSON in record {len(spans)}: {error.msg}"
+                    message = f"malformed JSON in record {len(spans) // 3}: {error.msg}"
                     raise self.error(message) from None
                 after = _WHITESPACE.match(self.text, end).end()
                 separator = self.text[after : after + 1]
                 if separator not in (",", "]") and self.more():
                     continue  # a number cut by the block's end, or the separator in the next
-                spans.append((self.offset + self.pos, self.offset + end, self.line_at(self.pos)))
+                spans.extend((self.offset + self.pos, self.offset + end, self.line_at(self.pos)))
                 self.pos = after
                 if not separator:
                     raise self.error("the file ends inside the list (cut short?)")
@@ -351,4 +357,4 @@ class _ListScanner:
                     break
         if self.skip_space():
             raise self.error("text after the end of the list")
-        return np.array(spans, dtype=np.int64).reshape(-1, 3)
+        return np.frombuffer(spans, dtype=np.int64).reshape(-1, 3).copy()

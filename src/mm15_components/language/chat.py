@@ -87,7 +87,17 @@ class ConversationTemplate(ABC):
         in one batch (the fast tokenizers' parallel path)."""
         segments = [self.checked_segments(tokenizer, turns, "sample") for turns in conversations]
         texts = [segment.text for pieces in segments for segment in pieces]
-        ids = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+        # ids alone: building attention masks costs as much as tokenising
+        ids = (
+            tokenizer(
+                texts,
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            ).input_ids
+            if texts
+            else []
+        )
         lengths = iter(map(len, ids))
         return [sum(next(lengths) + segment.end_token for segment in pieces) for pieces in segments]
 
