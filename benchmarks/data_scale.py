@@ -180,13 +180,17 @@ def rss_mb(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def private_mb(pid: int | str = "self") -> float:
-    """Memory only this process maps (its own and copied-on-write pages), MB."""
-    total = 0
+def memory_mb(pid: int | str = "self") -> tuple[float, float]:
+    """``(PSS, private)`` of a process, MB: its share of the pages it maps (each page divided
+    by the processes mapping it: PSS sums to the memory used), and the pages only it maps
+    (its own and those copied on write)."""
+    pss = private = 0
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1])
-    return total / 1024
+        if line.startswith("Pss:"):
+            pss += int(line.split()[1])
+        elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+            private += int(line.split()[1])
+    return pss / 1024, private / 1024
 
 
 def reset_peak() -> None:
@@ -279,12 +283,11 @@ def workers_case(kind: str, folder: Path, batches: int) -> dict[str, Any]:
         next(iterator)
     seconds = time.perf_counter() - start
     workers = children(os.getpid())
+    processes = ["self", *workers]
     result = {
         "seconds": seconds,
-        "main_rss": rss_mb(),
-        "main_private": private_mb(),
-        "worker_rss": [rss_mb(pid) for pid in workers],
-        "worker_private": [private_mb(pid) for pid in workers],
+        "rss": [rss_mb(pid) for pid in processes],
+        "pss_private": [memory_mb(pid) for pid in processes],
         "baseline": baseline,
     }
     del iterator
@@ -449,19 +452,21 @@ def main() -> None:
             )
 
     print(
-        f"\n{WORKERS} workers after {arguments.batches} batches of {BATCH}: RSS and private "
-        "memory (not shared with another process) of the main process and of each worker, MB"
+        f"\n{WORKERS} workers after {arguments.batches} batches of {BATCH}, MB: RSS, PSS "
+        "(shared pages divided among the processes that map them) and private memory (pages "
+        "no other process maps: its own and those copied on write), of the main process and "
+        "of each worker; the PSS sum is the memory the loader uses"
     )
     for kind in [k for k in kinds if k in arguments.workers_kinds]:
         result = run_case(arguments, "workers", kind)
-        workers = ", ".join(
-            f"{rss:.0f} ({private:.0f})"
-            for rss, private in zip(result["worker_rss"], result["worker_private"], strict=True)
+        main, *workers = (
+            f"{rss:.0f}/{pss:.0f}/{private:.0f}"
+            for rss, (pss, private) in zip(result["rss"], result["pss_private"], strict=True)
         )
+        total = sum(pss for pss, _ in result["pss_private"])
         print(
-            f"  {kind:9} {result['seconds']:6.1f} s  main {result['main_rss']:.0f} "
-            f"({result['main_private']:.0f}; import baseline {result['baseline']:.0f}); "
-            f"workers {workers}"
+            f"  {kind:9} {result['seconds']:6.1f} s  main {main}; workers {', '.join(workers)}; "
+            f"PSS sum {total:.0f} (import baseline {result['baseline']:.0f})"
         )
 
     result = run_case(arguments, "lengths")
