@@ -17,7 +17,7 @@ for ``--lengths`` items at the MM1.5 SFT geometry (AnyRes tiles of 378 px, 4..9 
 tokens each, tile indicators), first run and cached, against the previous way (encoding every
 item, images decoded and split) on ``--old_lengths`` items. ``--recipe`` also times
 ``mm15 fit --config recipes/sft.yaml`` for 3 steps with its ``general`` source read from the
-file.
+file, beside the same run of the code of git commit ``--previous`` (the previous loading).
 
     HF_HUB_OFFLINE=1 python benchmarks/data_scale.py --records 1000000 [--dir /tmp/mm15-scale]
 """
@@ -357,23 +357,41 @@ def standins_case(items: int, old_items: int) -> dict[str, float]:
     }
 
 
-def recipe_case(folder: Path) -> dict[str, float]:
+def recipe_case(folder: Path, commit: str | None) -> dict[str, float]:
     """``mm15 fit --config recipes/sft.yaml`` with its ``general`` source read from the file:
-    wall time of 3 training steps (imports included) and peak RSS of the process."""
-    recipe = Path(__file__).parents[1] / "recipes" / "sft.yaml"
-    sources = yaml.safe_load(recipe.read_text())["data"]["init_args"]["train"]
-    general = {"path": str(folder / "records.jsonl"), "image_root": str(folder / "images")}
-    sources["sources"][0].update(general)
+    wall and CPU time of 3 training steps (imports included) and peak RSS, with this tree's
+    code or that of git ``commit`` (its ``src`` and ``recipes``)."""
+    root = Path(__file__).parents[1]
+    env = dict(os.environ)
+    if commit is not None:
+        tree = folder / f"tree-{commit}"
+        if not tree.is_dir():
+            tree.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(root), "archive", commit, "src", "recipes"],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        root, env["PYTHONPATH"] = tree, str(tree / "src")
+    recipe = root / "recipes" / "sft.yaml"
+    train = yaml.safe_load(recipe.read_text())["data"]["init_args"]["train"]
+    train["sources"][0].update(
+        path=str(folder / "records.jsonl"), image_root=str(folder / "images")
+    )
     override = folder / "sft-override.yaml"
-    override.write_text(yaml.safe_dump({"data": {"init_args": {"train": sources}}}))
-    command = ["mm15", "fit", "--config", str(recipe), "--config", str(override)]
-    command += ["--trainer.max_steps=3", f"--trainer.default_root_dir={folder / 'run'}"]
-    command += ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    seconds = time.perf_counter() - start
+    override.write_text(yaml.safe_dump({"data": {"init_args": {"train": train}}}))
+    command = [sys.executable, "-m", "mm15_components", "fit", "--config", str(recipe)]
+    command += ["--config", str(override), "--trainer.max_steps=3", "--trainer.logger=false"]
+    command += [
+        f"--trainer.default_root_dir={folder / 'run'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    start, cpu = time.perf_counter(), cpu_seconds()
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "peak": peak}
+    return {"seconds": seconds, "cpu": cpu, "peak": peak}
 
 
 # ---- the driver ---------------------------------------------------------------------------
@@ -398,6 +416,11 @@ def main() -> None:
     parser.add_argument("--no_datasets", action="store_true", help="leave datasets out")
     parser.add_argument("--recipe", action="store_true", help="also time the SFT recipe")
     parser.add_argument(
+        "--previous",
+        default="3037282",
+        help="the git commit whose recipe run is timed beside this tree's (the previous loading)",
+    )
+    parser.add_argument(
         "--workers_kinds",
         nargs="*",
         default=["indexed", "previous", "datasets"],
@@ -415,7 +438,7 @@ def main() -> None:
         elif kind == "workers":
             result = workers_case(rest[0], folder, arguments.batches)
         elif kind == "recipe":
-            result = recipe_case(folder)
+            result = recipe_case(folder, rest[0] if rest else None)
         elif kind == "standins":
             result = standins_case(arguments.lengths // 10, arguments.old_lengths)
         else:
@@ -486,11 +509,13 @@ def main() -> None:
         f"({result['old_per_item'] / result['per_item']:.1f}x)"
     )
     if arguments.recipe:
-        result = run_case(arguments, "recipe")
-        print(
-            f"\nmm15 fit --config recipes/sft.yaml, general source = the file, 3 steps: "
-            f"{result['seconds']:.1f} s, peak RSS {result['peak']:.0f} MB"
-        )
+        print("\nmm15 fit --config recipes/sft.yaml, its general source the file, 3 steps:")
+        for name, commit in (("this tree", None), (arguments.previous, arguments.previous)):
+            result = run_case(arguments, "recipe", *([commit] if commit else []))
+            print(
+                f"  {name:10} {result['seconds']:6.1f} s ({result['cpu']:.1f} s of CPU), "
+                f"peak RSS {result['peak']:.0f} MB"
+            )
     print(f"load average after: {os.getloadavg()}")
 
 
