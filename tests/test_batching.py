@@ -72,7 +72,7 @@ def test_datamodule_batches_by_token_budget():
     data = SyntheticDataModule(train_samples=40, val_samples=8, max_tokens=100, seed=1)
     data.setup("fit")
     lengths = data.train_set.lengths()
-    assert lengths == [len(data.train_set[i]["input_ids"]) for i in range(40)]
+    assert lengths.tolist() == [len(data.train_set[i]["input_ids"]) for i in range(40)]
     seen = []
     for batch in data.train_dataloader():
         assert batch["input_ids"].numel() <= 100

@@ -196,10 +196,10 @@ KIND_OF = {"truncated_image": "unreadable_image"}
 def test_each_bad_input_raises_naming_file_and_line(tmp_path):
     cases, good = bad_files(tmp_path)
     for name, bad in cases.items():
-        path = write_jsonl(tmp_path / f"{name}.jsonl", [good, *bad])
+        source = JSONSource(write_jsonl(tmp_path / f"{name}.jsonl", [good, *bad]))
+        source[0]
         with pytest.raises(BadSampleError, match=rf"{name}\.jsonl:2: ") as info:
-            source = JSONSource(path, policy=BadSamplePolicy("raise"))
-            source[1]  # images fail when read
+            source[1]  # records are parsed, and images opened, when read
         assert info.value.kind == KIND_OF.get(name, name), name
 
 
@@ -211,17 +211,39 @@ def test_each_bad_input_is_skipped_and_counted(tmp_path, tokenizer):
         policy = BadSamplePolicy("skip")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            source = JSONSource(path, policy=policy)
+            source = JSONSource(path)
             encoded = EncodedSource(source, encoder)
             mixture = MixtureDataset([encoded], ["c"], [1.0], 50, policy=policy)
             items = [mixture[i] for i in range(50)]
         kind = KIND_OF.get(name, name)
         skipped = sum(item["skipped"] for item in items)
-        if name in ("missing_file", "unreadable_image", "truncated_image"):
-            assert len(source) == 3 and skipped == policy.counts[kind] > 0, name
-        else:  # dropped while reading
-            assert len(source) == 2 and skipped == 0 and policy.counts == {kind: 1}, name
+        assert len(source) == 3 and skipped == policy.counts[kind] > 0, name
+        assert {item["id"] for item in items} == {"r"}, name  # only the good records
         assert len([w for w in caught if kind in str(w.message)]) == 1, name  # warned once
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_byte_that_is_not_utf8_is_a_bad_sample_naming_file_and_line(tmp_path, suffix, tokenizer):
+    good = json.dumps(conversation([])).encode()
+    bad = json.dumps({**conversation([]), "id": "caf\u00e9"}).encode().replace(b"\\u00e9", b"\xe9")
+    if suffix == ".jsonl":
+        text, where = b"\n".join([good, bad, good]) + b"\n", r"x\.jsonl:2: "
+    else:
+        text, where = b"[\n" + b",\n".join([good, bad, good]) + b"\n]", r"record 1 \(line 3\): "
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(text)
+    source = JSONSource(path)
+    assert [turn.content for turn in source[2].turns] == [" Where is it?", "here"]
+    with pytest.raises(BadSampleError, match=where + "not UTF-8: byte 0xe9") as info:
+        source[1]
+    assert info.value.kind == "malformed_json"
+    policy = BadSamplePolicy("skip")
+    encoded = EncodedSource(source, SampleEncoder(tokenizer, 16, 4, (0.5,) * 3, (0.5,) * 3))
+    with pytest.warns(UserWarning, match="malformed_json"):
+        mixture = MixtureDataset([encoded], ["c"], [1.0], 30, policy=policy)
+        items = [mixture[i] for i in range(30)]
+    assert sum(item["skipped"] for item in items) == policy.counts["malformed_json"] > 0
+    assert {item["id"] for item in items} == {"r"}
 
 
 def test_sample_over_the_token_budget(tmp_path, tokenizer):
@@ -244,10 +266,11 @@ def test_data_module_batches_count_skipped_samples_and_logger_logs_them(tmp_path
     train = Mixture([Source("general", path=str(path)), Source("text_only")])
     with pytest.warns(UserWarning):
         data = ConversationDataModule(train, batch_size=16, train_samples=64, val_samples=8)
+        data.prepare_data()
         data.setup("fit")
         batches = list(data.train_dataloader())
-    assert data.read_skipped == 1  # the malformed line
     assert sum(batch["skipped"] for batch in batches) > 0
+    assert data.policy.counts.keys() == {"missing_file", "malformed_json"}
     categories = [c for batch in batches for c in batch["categories"]]
     assert len(categories) == 64 and set(categories) == {"general", "text_only"}
 
@@ -264,7 +287,7 @@ def test_data_module_batches_count_skipped_samples_and_logger_logs_them(tmp_path
     logger, module = MixtureStatsLogger(), Recorder()
     for index, batch in enumerate(batches):
         logger.on_train_batch_end(Trainer(), module, None, batch, index)
-    assert module.logged["data/skipped"] == 1 + sum(batch["skipped"] for batch in batches)
+    assert module.logged["data/skipped"] == sum(batch["skipped"] for batch in batches)
     share = categories.count("general") / len(categories)
     assert module.logged["data/share/general"] == pytest.approx(share)
     restored = MixtureStatsLogger()
@@ -286,8 +309,11 @@ def test_setup_adds_the_stats_logger_once():
 def test_raise_policy_through_the_data_module(tmp_path):
     cases, good = bad_files(tmp_path)
     path = write_jsonl(tmp_path / "bad.jsonl", [good, "{oops"])
+    train = Mixture([Source("general", path=str(path))])
+    data = ConversationDataModule(train, on_bad_sample="raise", train_samples=16, batch_size=16)
+    data.setup("fit")
     with pytest.raises(BadSampleError, match=r"bad\.jsonl:2: malformed JSON"):
-        ConversationDataModule(Mixture([Source("general", path=str(path))]), on_bad_sample="raise")
+        next(iter(data.train_dataloader()))
 
 
 def test_relative_paths_are_under_data_root(tmp_path):
@@ -301,5 +327,6 @@ def test_relative_paths_are_under_data_root(tmp_path):
     )
     data.setup("fit")
     assert data.train_set[0]["pixel_values"].shape == (1, 3, 64, 64)
+    elsewhere = ConversationDataModule(Mixture([source]), data_root=str(tmp_path / "elsewhere"))
     with pytest.raises(ValueError, match="elsewhere/sft/train.jsonl: no such file"):
-        ConversationDataModule(Mixture([source]), data_root=str(tmp_path / "elsewhere"))
+        elsewhere.setup("fit")

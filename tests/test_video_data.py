@@ -239,7 +239,7 @@ def test_malformed_records_name_the_file_and_line(tmp_path, line, message):
 def test_json_list_files_name_the_record(tmp_path):
     path = tmp_path / "list.json"
     path.write_text(json.dumps([record("ok.mp4"), {"video": "x.mp4"}]))
-    with pytest.raises(ValueError, match=r"list\.json: record 1: 'conversations'"):
+    with pytest.raises(ValueError, match=r"list\.json: record 1 \(line 1\): 'conversations'"):
         VideoJSONDataset(path)
     path.write_text('{"video": "x.mp4"}')
     with pytest.raises(ValueError, match="must hold a list of records"):

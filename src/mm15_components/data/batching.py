@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from mm15_components.data.sampler import EpochBatchSampler
@@ -19,18 +20,20 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0)
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    for index, length in enumerate(lengths):
-        if length > max_tokens:
-            raise ValueError(
-                f"sample {index} has {length} tokens, more than max_tokens={max_tokens}"
-            )
-    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
-    order = sorted(shuffled.tolist(), key=lambda i: lengths[i])  # stable: ties stay shuffled
+    lengths = np.asarray(lengths, dtype=np.int64)
+    over = np.flatnonzero(lengths > max_tokens)
+    if len(over):
+        index = int(over[0])
+        raise ValueError(
+            f"sample {index} has {lengths[index]} tokens, more than max_tokens={max_tokens}"
+        )
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).numpy()
+    order = shuffled[np.argsort(lengths[shuffled], kind="stable")]  # ties stay shuffled
     batches: list[list[int]] = []
     batch: list[int] = []
-    for index in order:
+    for index, length in zip(order.tolist(), lengths[order].tolist(), strict=True):
         # sorted ascending, so this sample is the longest of the batch it joins
-        if batch and (len(batch) + 1) * lengths[index] > max_tokens:
+        if batch and (len(batch) + 1) * length > max_tokens:
             batches.append(batch)
             batch = []
         batch.append(index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,8 +11,12 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from mm15_components.data.schema import Box, Sample
-from mm15_components.language.chat import IGNORE_INDEX, ConversationTemplate, chat_template_for
+from mm15_components.data.schema import Box, Sample, SampleOutline
+from mm15_components.language.chat import (
+    IGNORE_INDEX,
+    ConversationTemplate,
+    chat_template_for,
+)
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.validation import validation_metric
 from mm15_components.vision.anyres import (
@@ -79,6 +84,7 @@ class SampleEncoder:
         self.tile_indicators = tile_indicators
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.baseline_box = baseline_box
+        self._image_lengths: dict[tuple, int] = {}
 
     def images_to_tiles(
         self, images: list[Image.Image]
@@ -102,6 +108,51 @@ class SampleEncoder:
                 ids += self.tokenizer(text, add_special_tokens=False).input_ids
             ids += [self.image_token_id] * self.image_tokens
         return ids
+
+    def token_counts(self, outlines: Sequence[SampleOutline]) -> list[int]:
+        """``len(self(sample)["input_ids"])`` of each sample, from its outline: the text of all
+        of them tokenised in one batch, each image's tokens from its ``TileLayout`` (as
+        ``images_to_tiles`` plans it), no pixel read."""
+        lengths = self.template.text_lengths(self.tokenizer, [o.turns for o in outlines])
+        return [
+            length + sum(self.image_length(layout, k) - 1 for k, layout in enumerate(layouts))
+            for length, layouts in zip(lengths, map(self.layouts, outlines), strict=True)
+        ]
+
+    def layouts(self, outline: SampleOutline) -> list[TileLayout | None]:
+        """Each image's layout (None: no splitter, one square)."""
+        if self.splitter is None:
+            return [None] * len(outline.image_sizes)
+        return list(self.splitter.plan_sample(outline.image_sizes))
+
+    def image_length(self, layout: TileLayout | None, image_index: int) -> int:
+        """How many ids image ``image_index`` of a sample becomes (``layout_tokens``)."""
+        if layout is None:
+            return self.image_tokens
+        key = (layout.rows, layout.cols, layout.overview, image_index)
+        if key not in self._image_lengths:  # a few keys: indicator text depends on nothing else
+            self._image_lengths[key] = len(self.layout_tokens(layout, image_index))
+        return self._image_lengths[key]
+
+    def fingerprint(self) -> str:
+        """A hash of everything a sample's token count depends on, for caching counts: the
+        tokenizer (its whole definition and chat template), the template, the tokens per
+        image, the splitter's tiling settings and the tile indicators."""
+        tokenizer = getattr(self.tokenizer, "backend_tokenizer", None)
+        splitter = self.splitter
+        parts = [
+            tokenizer.to_str() if tokenizer is not None else repr(self.tokenizer.get_vocab()),
+            repr(self.tokenizer.chat_template),
+            repr(self.template),
+            repr((self.image_tokens, self.tile_indicators)),
+        ]
+        if splitter is not None:
+            policy = getattr(splitter.policy, "__qualname__", type(splitter.policy).__qualname__)
+            parts.append(
+                repr((splitter.tile_size, splitter.min_tiles, splitter.max_tiles))
+                + repr((splitter.overview, splitter.max_images_to_split, policy))
+            )
+        return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
     def __call__(self, sample: Sample) -> dict[str, Any]:
         pixels, image_tokens = self.images_to_tiles(sample.images)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
@@ -18,12 +19,14 @@ from mm15_components.data.formats import (
     DOCUMENT_FORMATS,
     BadSampleError,
     BadSamplePolicy,
-    JSONSource,
     OnBadSample,
+    is_record_file,
+    open_source,
 )
+from mm15_components.data.index import RecordIndex
+from mm15_components.data.lengths import BAD, token_counts
 from mm15_components.data.mixture import Mixture, MixtureDataset
 from mm15_components.data.sampler import ResumableLoader
-from mm15_components.data.shards import open_source
 from mm15_components.data.synthetic import standins
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate, chat_template_for
@@ -34,14 +37,20 @@ DOCUMENT_TEMPLATE = ChatTemplate(user_prefix="", assistant_prefix="", separator=
 
 
 class EncodedSource(Dataset):
-    """Encodes the samples of one source; a sample over ``max_tokens`` is a bad sample."""
+    """Encodes the samples of one source; a sample over ``max_tokens`` is a bad sample.
+    ``count_workers`` processes count tokens for ``token_counts`` (0: this one)."""
 
     def __init__(
-        self, samples: Dataset, encoder: SampleEncoder, max_tokens: int | None = None
+        self,
+        samples: Dataset,
+        encoder: SampleEncoder,
+        max_tokens: int | None = None,
+        count_workers: int = 0,
     ) -> None:
         self.samples = samples
         self.encoder = encoder
         self.max_tokens = max_tokens
+        self.count_workers = count_workers
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -51,15 +60,20 @@ class EncodedSource(Dataset):
         item = self.encoder(sample)
         length = len(item["input_ids"])
         if self.max_tokens is not None and length > self.max_tokens:
-            where = (
-                self.samples.records[index][0]
-                if isinstance(self.samples, JSONSource)
-                else sample.id
-            )
+            where = self.samples.where(index) if hasattr(self.samples, "where") else sample.id
             raise BadSampleError(
                 "too_long", f"{where}: {length} tokens, over the limit of {self.max_tokens}"
             )
         return item
+
+    def token_counts(self, indices: np.ndarray) -> np.ndarray:
+        """The token count of each sample of ``indices`` without decoding images
+        (``lengths.token_counts``); ``lengths.BAD`` for samples that are bad, too long ones
+        included."""
+        counts = token_counts(self.samples, self.encoder, indices, self.count_workers)
+        if self.max_tokens is not None:
+            counts[counts > self.max_tokens] = BAD
+        return counts
 
 
 def collate_with_stats(
@@ -74,10 +88,10 @@ def collate_with_stats(
 
 
 class MixtureStatsLogger(L.Callback):
-    """Logs the running count of skipped bad samples (``data/skipped``, those dropped while
-    reading files included) and each category's realised share of the training samples so
-    far (``data/share/<category>``), as seen on this rank. ``ConversationDataModule`` adds
-    it to the trainer when it is missing; its counts are saved in checkpoints."""
+    """Logs the running count of skipped bad samples (``data/skipped``) and each category's
+    realised share of the training samples so far (``data/share/<category>``), as seen on
+    this rank. ``ConversationDataModule`` adds it to the trainer when it is missing; its
+    counts are saved in checkpoints."""
 
     def __init__(self) -> None:
         self.skipped = 0
@@ -95,8 +109,7 @@ class MixtureStatsLogger(L.Callback):
             return
         self.skipped += int(batch["skipped"])
         self.counts.update(batch["categories"])
-        read_skipped = getattr(trainer.datamodule, "read_skipped", 0)
-        pl_module.log("data/skipped", float(self.skipped + read_skipped))
+        pl_module.log("data/skipped", float(self.skipped))
         total = sum(self.counts.values())
         for category, count in sorted(self.counts.items()):
             pl_module.log(f"data/share/{category}", count / total)
@@ -122,7 +135,7 @@ class ConversationDataModule(SyntheticDataModule):
     Args:
         train: the training mixture.
         val: the validation mixture; None: the training one (stand-ins render the ``val``
-            split, files are read again: give real data its own ``val``).
+            split, files give the training samples again: give real data its own ``val``).
         tokenizer: a pretrained tokenizer name or path; None builds the word tokenizer of the
             synthetic vocabulary.
         use_tokenizer_template: use the tokenizer's chat template when it has one.
@@ -135,6 +148,8 @@ class ConversationDataModule(SyntheticDataModule):
         on_bad_sample: ``raise`` or ``skip``.
         data_root: the folder relative source paths and image roots are under (default: the
             working directory).
+        index_dir: the folder that caches the record index (and token counts) of each
+            ``.json``/``.jsonl`` source; None: beside each file (see ``data.index``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
         codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
@@ -159,6 +174,7 @@ class ConversationDataModule(SyntheticDataModule):
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
         data_root: str | None = None,
+        index_dir: str | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -193,15 +209,21 @@ class ConversationDataModule(SyntheticDataModule):
         self.max_sample_tokens = max_sample_tokens
         self.policy = BadSamplePolicy(on_bad_sample)
         self.data_root = data_root
+        self.index_dir = index_dir
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
             shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
             rank_zero_info(f"{name} mixture target shares: {shares}")
-        self.train_sources = self._sources(self.train_mixture, train_samples, "train")
-        self.read_skipped = sum(self.policy.counts.values())
-        """Training records skipped while reading the files (the rest are counted per batch)."""
-        self.val_sources = self._sources(self.val_mixture, val_samples, "val")
         self.train_size, self.val_size = train_samples, val_samples
+
+    def prepare_data(self) -> None:
+        """Index each ``.json``/``.jsonl`` source once (Lightning runs this on one process per
+        node before ``setup``; the other ranks then read the cached index)."""
+        for mixture in (self.train_mixture, self.val_mixture):
+            for source in mixture.sources:
+                path = self._under_root(source.path)
+                if path is not None and is_record_file(path):
+                    RecordIndex.open(path, self.index_dir)
 
     def _sources(self, mixture: Mixture, size: int, split: str) -> list[tuple[Dataset, bool]]:
         """Each source's samples, and whether they are documents (no chat template)."""
@@ -216,7 +238,7 @@ class ConversationDataModule(SyntheticDataModule):
             else:
                 image_root = self._under_root(source.image_root)
                 samples = open_source(
-                    self._under_root(source.path), source.format, image_root, self.policy
+                    self._under_root(source.path), source.format, image_root, self.index_dir
                 )
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources
@@ -227,9 +249,7 @@ class ConversationDataModule(SyntheticDataModule):
             return path
         return str(Path(self.data_root) / path)
 
-    def _mixture_set(
-        self, mixture: Mixture, sources: list[tuple[Dataset, bool]], size: int, split: str
-    ) -> MixtureDataset:
+    def _mixture_set(self, mixture: Mixture, size: int, split: str) -> MixtureDataset:
         encoders = {
             document: SampleEncoder(
                 self.tokenizer,
@@ -244,8 +264,8 @@ class ConversationDataModule(SyntheticDataModule):
             for document in (False, True)
         }
         encoded = [
-            EncodedSource(samples, encoders[document], self.max_sample_tokens)
-            for samples, document in sources
+            EncodedSource(samples, encoders[document], self.max_sample_tokens, self.num_workers)
+            for samples, document in self._sources(mixture, size, split)
         ]
         categories = [source.category for source in mixture.sources]
         probabilities = mixture.probabilities()
@@ -255,14 +275,28 @@ class ConversationDataModule(SyntheticDataModule):
 
     def setup(self, stage: str) -> None:
         self._adopt_trainer_geometry()
-        self.train_set = self._mixture_set(
-            self.train_mixture, self.train_sources, self.train_size, "train"
-        )
-        self.val_set = self._mixture_set(self.val_mixture, self.val_sources, self.val_size, "val")
+        self.train_set = self._mixture_set(self.train_mixture, self.train_size, "train")
+        self.val_set = self._mixture_set(self.val_mixture, self.val_size, "val")
+        if self.max_tokens is not None:
+            # token counts are cached beside file sources' indexes: one process per node
+            # counts them, the others read them
+            self._local_zero_first(lambda: (self.train_set.lengths(), self.val_set.lengths()))
         if self.trainer is not None and not any(
             isinstance(c, MixtureStatsLogger) for c in self.trainer.callbacks
         ):
             self.trainer.callbacks.append(MixtureStatsLogger())
+
+    def _local_zero_first(self, work: Callable[[], object]) -> None:
+        """Run ``work`` on local rank 0, then on the node's other ranks."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            work()
+            return
+        if trainer.local_rank == 0:
+            work()
+        trainer.strategy.barrier("mm15_components.local_zero_first")
+        if trainer.local_rank != 0:
+            work()
 
     def train_dataloader(self) -> ResumableLoader:
         return with_stats(super().train_dataloader())

@@ -7,11 +7,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.batching import TokenBudgetBatchSampler
 from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.lengths import token_counts
 from mm15_components.data.packing import collate_packed
 from mm15_components.data.sampler import EpochBatchSampler, ResumableBatchSampler, ResumableLoader
 from mm15_components.data.synthetic.dataset import SyntheticDataset, vocabulary
@@ -118,7 +120,7 @@ class EncodedDataset(Dataset):
     def __init__(self, samples: Dataset, encoder: SampleEncoder) -> None:
         self.samples = samples
         self.encoder = encoder
-        self._lengths: list[int] | None = None
+        self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -126,11 +128,12 @@ class EncodedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.encoder(self.samples[index])
 
-    def lengths(self) -> list[int]:
-        """Every sample's token count, for batching by token budget. Computed once by encoding
-        each sample (so it is exact, image tokens included) and cached."""
+    def lengths(self) -> np.ndarray:
+        """Every sample's token count, for batching by token budget: computed once, exactly,
+        from each rendered sample's text and image sizes (``lengths.token_counts``; no image
+        is split or normalised)."""
         if self._lengths is None:
-            self._lengths = [len(self[i]["input_ids"]) for i in range(len(self))]
+            self._lengths = token_counts(self.samples, self.encoder, np.arange(len(self)))
         return self._lengths
 
 
@@ -161,7 +164,8 @@ class SyntheticDataModule(ModelGeometry, L.LightningDataModule):
         mean / std: image normalisation; None takes the encoder's.
         max_tokens: batch by token budget instead of ``batch_size``: as many samples as fit
             this many padded tokens per batch (``TokenBudgetBatchSampler``; each sample's
-            length is measured once by encoding it at setup). None: ``batch_size`` samples.
+            length is counted once, at setup, from its text and image sizes). None:
+            ``batch_size`` samples.
         pack: pack each training batch's samples into rows of at most this many tokens, each
             sample attending only to itself (``data.packing``). None: one sample per row.
     """

@@ -1,10 +1,11 @@
 """Readers for data files: LLaVA-style conversations, caption pairs, interleaved documents and
 plain text, in ``.json`` (a list of records) or ``.jsonl`` (one record per line).
 
-Records are checked when a file is read, so a malformed one is reported (or skipped) before
-training starts; images are opened only in ``__getitem__``, so memory does not grow with the
-data. Every problem is a ``BadSampleError`` of one kind (``BAD_KINDS``) whose message names
-the file and line; a ``BadSamplePolicy`` raises it or skips the sample and counts it.
+A file source keeps only an index of where its records are (``data.index``) and parses a
+record when it is read, so opening a file of millions of records takes seconds and little
+memory; images are opened only in ``__getitem__``. Every problem with a record or an image is
+a ``BadSampleError`` of one kind (``BAD_KINDS``) whose message names the file and line; a
+``BadSamplePolicy`` raises it or skips the sample and counts it.
 
 Schemas (paths relative to the image root):
 
@@ -30,7 +31,8 @@ from typing import Any, BinaryIO, Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.index import RecordIndex
+from mm15_components.data.schema import Sample, SampleOutline, Turn
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
 Format = Literal["conversation", "caption", "interleaved", "text"]
@@ -44,7 +46,6 @@ BAD_KINDS = (
     "malformed_record",
     "missing_file",
     "unreadable_image",
-    "unreadable_shard",
     "placeholder_mismatch",
     "no_assistant_turn",
     "too_long",
@@ -86,28 +87,38 @@ class BadSamplePolicy:
 
 
 def read_json_records(path: Path, policy: BadSamplePolicy | None = None) -> list[tuple[Any, str]]:
-    """The records of a ``.jsonl`` or ``.json`` file, each with where it is (``file:line`` or
-    ``file: record k``). A malformed ``.jsonl`` line goes to ``policy`` (default: raise)."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if path.suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    records.append((load_json(line, where), where))
-                except BadSampleError as error:
-                    (policy or BadSamplePolicy("raise")).handle(error)
-        return records
-    if path.suffix != ".json":
-        raise ValueError(f"{path}: expected a .json or .jsonl file")
-    data = load_json(path.read_text(encoding="utf-8"), str(path))
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: a .json file must hold a list of records")
-    return [(record, f"{path}: record {index}") for index, record in enumerate(data)]
+    """Every record of a (small) ``.jsonl`` or ``.json`` file, parsed now, each with where it is
+    (``file:line``, or ``file: record k (line n)``). A record that is not UTF-8 JSON goes to
+    ``policy`` (default: raise)."""
+    index = RecordIndex.scan(path)
+    records = []
+    for number in range(len(index)):
+        where = record_where(index, number)
+        try:
+            records.append((decode_record(index.read(number), where), where))
+        except BadSampleError as error:
+            (policy or BadSamplePolicy("raise")).handle(error)
+    return records
+
+
+def record_where(index: RecordIndex, number: int) -> str:
+    """How messages name record ``number`` of an indexed file."""
+    if index.path.suffix == ".jsonl":
+        return f"{index.path}:{index.line(number)}"
+    return f"{index.path}: record {number} (line {index.line(number)})"
+
+
+def decode_record(data: bytes, where: str) -> Any:
+    """A record's UTF-8 JSON bytes parsed; raises ``BadSampleError`` (``malformed_json``)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadSampleError(
+            "malformed_json",
+            f"{where}: not UTF-8: byte {data[error.start]:#04x} at offset {error.start} of the "
+            "record",
+        ) from None
+    return load_json(text, where)
 
 
 def load_json(text: str, where: str) -> Any:
@@ -217,19 +228,40 @@ def decode_image(file: Path | BinaryIO, where: str, name: str) -> Image.Image:
         ) from error
 
 
+def image_size(file: Path | BinaryIO, where: str, name: str) -> tuple[int, int]:
+    """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) from its
+    header alone (no pixel is decoded): what token counts need of an image. Raises
+    ``BadSampleError`` like ``open_image`` for a missing file or an unreadable header."""
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+    except (FileNotFoundError, IsADirectoryError):
+        raise BadSampleError("missing_file", f"{where}: image {name} not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadSampleError(
+            "unreadable_image", f"{where}: cannot read image {name}: {error}"
+        ) from error
+    return height, width
+
+
 class JSONSource(Dataset):
-    """The samples of one ``.json``/``.jsonl`` file in one of ``FORMATS``.
+    """The samples of one ``.json``/``.jsonl`` file in one of ``FORMATS``, read by index: the
+    file's record index (``data.index.RecordIndex``) is opened (built and cached the first
+    time) and a record is parsed when it is read.
 
     Args:
         path: the file.
         format: its schema (see the module docstring).
         image_root: the folder image paths are relative to (default: the file's folder).
-        policy: what to do with bad records (raise or skip and count); records skipped while
-            reading are counted in ``policy.counts``.
+        index_dir: the folder for the record index (default: beside the file, see
+            ``RecordIndex.open``).
 
     Raises:
-        BadSampleError: under the ``raise`` policy, for a bad record (when reading) or a
-            missing or unreadable image (from ``__getitem__``), naming the file and line.
+        ValueError: the file is missing, holds no record, or is a ``.json`` file that is not
+            a list of JSON values.
+        BadSampleError: from ``__getitem__`` and ``outline``, for a bad record (not UTF-8,
+            malformed JSON, wrong fields) or a missing or unreadable image, naming the file
+            and line; ``MixtureDataset`` hands it to its policy.
     """
 
     def __init__(
@@ -237,29 +269,59 @@ class JSONSource(Dataset):
         path: str | os.PathLike,
         format: Format = "conversation",
         image_root: str | os.PathLike | None = None,
-        policy: BadSamplePolicy | None = None,
+        index_dir: str | os.PathLike | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
         self.path = Path(path)
         self.format = format
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
-        policy = policy or BadSamplePolicy("raise")
-        self.records: list[tuple[str, str, list[Turn], list[str]]] = []
-        for record, where in read_json_records(self.path, policy):
-            try:
-                turns, images = parse_record(record, format, where)
-            except BadSampleError as error:
-                policy.handle(error)
-                continue
-            self.records.append((where, str(record.get("id", where)), turns, images))
-        if not self.records:
-            raise ValueError(f"{self.path}: no usable records")
+        self.index = RecordIndex.open(self.path, index_dir)
+        if not len(self.index):
+            raise ValueError(f"{self.path}: no records")
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.index)
+
+    def where(self, index: int) -> str:
+        """How messages name sample ``index``: the file and line."""
+        return record_where(self.index, index)
+
+    def read(self, index: int) -> tuple[str, str, list[Turn], list[Path]]:
+        """Sample ``index``'s ``where``, id, turns and image paths."""
+        where = self.where(index)
+        record = decode_record(self.index.read(index), where)
+        turns, images = parse_record(record, self.format, where)
+        return where, str(record.get("id", where)), turns, [self.image_root / p for p in images]
 
     def __getitem__(self, index: int) -> Sample:
-        where, sample_id, turns, paths = self.records[index]
-        images = [open_image(self.image_root / path, where) for path in paths]
-        return Sample(turns=list(turns), images=images, id=sample_id)
+        where, sample_id, turns, paths = self.read(index)
+        images = [open_image(path, where) for path in paths]
+        return Sample(turns=turns, images=images, id=sample_id)
+
+    def outline(self, index: int) -> SampleOutline:
+        """Sample ``index``'s turns and image sizes, from the images' headers (no decoding)."""
+        where, _, turns, paths = self.read(index)
+        return SampleOutline(turns, [image_size(path, where, str(path)) for path in paths])
+
+
+def is_record_file(path: str) -> bool:
+    """Whether a source's ``path`` names a ``.json``/``.jsonl`` file (else: a litdata dataset)."""
+    return path.endswith((".json", ".jsonl"))
+
+
+def open_source(
+    path: str,
+    format: Format = "conversation",
+    image_root: str | None = None,
+    index_dir: str | None = None,
+) -> Dataset:
+    """The source a mixture's ``Source`` names: a ``JSONSource`` for a ``.json``/``.jsonl``
+    file, else a ``StreamingSource`` (a folder or URL of litdata chunks, ``data.stream``)."""
+    if is_record_file(path):
+        return JSONSource(path, format, image_root, index_dir)
+    if image_root is not None:
+        raise ValueError(f"{path}: images are stored in the chunks; image_root must be unset")
+    from mm15_components.data.stream import StreamingSource
+
+    return StreamingSource(path, format)

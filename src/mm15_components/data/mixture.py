@@ -15,6 +15,7 @@ reading any data.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,12 @@ class Source:
         category: the category it belongs to (its realised share is logged per category).
         group: the group of its category (default: one group for every source).
         weight: relative to the other sources of the same category.
-        path: a ``.json``/``.jsonl`` file, or ``.tar`` shards (a path or a glob, e.g.
-            ``/data/cc3m/*.tar``: ``shards.ShardSource``); None uses the synthetic stand-in
-            ``synthetic``.
+        path: a ``.json``/``.jsonl`` file (``formats.JSONSource``), or the folder or URL
+            (``s3://...``) of litdata chunks written by ``mm15 data optimize``
+            (``stream.StreamingSource``); None uses the synthetic stand-in ``synthetic``.
         format: the records' schema (``conversation``, ``caption``, ``interleaved``, ``text``).
         image_root: folder a file's image paths are relative to (default: its folder); unset
-            for shards, whose images are their members.
+            for chunks, which hold their images.
         synthetic: the stand-in kind when ``path`` is None (default: ``category``), one of
             ``mm15_components.data.synthetic.standins.KINDS``.
     """
@@ -141,13 +142,27 @@ class MixtureDataset(SeededDataset):
         self.cumulative = np.cumsum(probabilities) / np.sum(probabilities)
         self.policy = policy or BadSamplePolicy("raise")
         self.max_attempts = max_attempts
-        self._lengths: list[int] | None = None
+        self._lengths: np.ndarray | None = None
+        self._warned_length = False
 
-    def lengths(self) -> list[int]:
-        """Every item's token count, for batching by token budget: measured once by reading
-        every item (so an epoch's images are all decoded once, at setup) and cached."""
+    def lengths(self) -> np.ndarray:
+        """Every item's token count, for batching by token budget; computed once.
+
+        Sources with ``token_counts(indices)`` (``EncodedSource``: from the text and the
+        images' sizes, no pixel decoded) count the samples drawn; an item whose sample they
+        report bad (the policy replaces it by another) and the items of other sources are
+        read in full.
+        """
         if self._lengths is None:
-            self._lengths = [len(self[i]["input_ids"]) for i in range(len(self))]
+            draws = np.array([self.draw(i) for i in range(len(self))], dtype=np.int64)
+            lengths = np.full(len(self), -1, dtype=np.int64)
+            for number, source in enumerate(self.sources):
+                drawn = np.flatnonzero(draws[:, 0] == number)
+                if len(drawn) and hasattr(source, "token_counts"):
+                    lengths[drawn] = source.token_counts(draws[drawn, 1])
+            for index in np.flatnonzero(lengths < 0):
+                lengths[index] = len(self[int(index)]["input_ids"])
+            self._lengths = lengths
         return self._lengths
 
     def draw(self, index: int) -> tuple[int, int]:
@@ -167,8 +182,21 @@ class MixtureDataset(SeededDataset):
             except BadSampleError as error:
                 self.policy.handle(error)
                 continue
+            if self._lengths is not None and len(item["input_ids"]) != self._lengths[index]:
+                self._warn_length(index, len(item["input_ids"]))
             return {**item, "category": self.categories[source], "skipped": skipped}
         raise RuntimeError(
             f"{self.max_attempts} consecutive bad samples in the {self.categories[source]!r} "
             "source; is its image root right?"
         )
+
+    def _warn_length(self, index: int, length: int) -> None:
+        if not self._warned_length:
+            warnings.warn(
+                f"item {index} has {length} tokens, not the {self._lengths[index]} counted for "
+                "the token budget (warned once), so its batch may pass max_tokens; the usual "
+                "cause is a sample found bad only when read (an image whose header reads but "
+                "whose pixels do not), replaced by the next one",
+                stacklevel=3,
+            )
+            self._warned_length = True

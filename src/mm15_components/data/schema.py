@@ -42,3 +42,17 @@ class Sample:
     answers: list[str] = field(default_factory=list)
     metric: str | None = None
     baseline_answer: str | None = None
+
+
+@dataclass
+class SampleOutline:
+    """What a sample's token count depends on, read without decoding its images: its turns and
+    each image's ``(height, width)``."""
+
+    turns: list[Turn]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, sample: Sample) -> SampleOutline:
+        """The outline of a sample already read."""
+        return cls(sample.turns, [image.size[::-1] for image in sample.images])

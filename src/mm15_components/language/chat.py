@@ -32,9 +32,20 @@ class EncodedConversation:
     prompt_length: int
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a conversation's text that is tokenised on its own: a conversation's ids are
+    its segments' ids, one after the other. ``answer`` pieces carry the loss; ``end_token``
+    adds the tokenizer's end-of-sequence id after the piece's ids (part of the answer)."""
+
+    text: str
+    answer: bool = False
+    end_token: bool = False
+
+
 class ConversationTemplate(ABC):
     """Writes a conversation as token ids with answer-only labels; subclasses choose how the
-    text is rendered (``text_ids``)."""
+    text is cut into segments (``segments``)."""
 
     def encode(
         self,
@@ -46,8 +57,6 @@ class ConversationTemplate(ABC):
         """Tokenise ``turns`` and replace the k-th ``<image>`` by the ids ``image_tokens[k]``
         (its image tokens, and any tile indicators between them). ``where`` names the sample
         in error messages."""
-        if not turns or turns[-1].role != "assistant":
-            raise ValueError(f"{where}: a conversation must end with an assistant turn")
         input_ids, labels, prompt_length = self.text_ids(tokenizer, turns, where)
         image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         input_ids, labels, prompt_length = expand_image_tokens(
@@ -55,11 +64,56 @@ class ConversationTemplate(ABC):
         )
         return EncodedConversation(input_ids, labels, prompt_length)
 
-    @abstractmethod
     def text_ids(
         self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
     ) -> tuple[list[int], list[int], int]:
         """``(input_ids, labels, prompt_length)`` of the text, each ``<image>`` one token."""
+        input_ids: list[int] = []
+        labels: list[int] = []
+        prompt_length = 0
+        for segment in self.checked_segments(tokenizer, turns, where):
+            ids = tokenizer(segment.text, add_special_tokens=False).input_ids
+            if segment.answer:
+                prompt_length = len(input_ids)
+            ids += [tokenizer.eos_token_id] if segment.end_token else []
+            input_ids += ids
+            labels += ids if segment.answer else [IGNORE_INDEX] * len(ids)
+        return input_ids, labels, prompt_length
+
+    def text_lengths(
+        self, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Turn]]
+    ) -> list[int]:
+        """``len(text_ids(...)[0])`` of each conversation, the text of all of them tokenised
+        in one batch (the fast tokenizers' parallel path)."""
+        segments = [self.checked_segments(tokenizer, turns, "sample") for turns in conversations]
+        texts = [segment.text for pieces in segments for segment in pieces]
+        # ids alone: building attention masks costs as much as tokenising
+        ids = (
+            tokenizer(
+                texts,
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            ).input_ids
+            if texts
+            else []
+        )
+        lengths = iter(map(len, ids))
+        return [sum(next(lengths) + segment.end_token for segment in pieces) for pieces in segments]
+
+    def checked_segments(
+        self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
+    ) -> list[Segment]:
+        """``segments``, for a conversation that ends with an assistant turn."""
+        if not turns or turns[-1].role != "assistant":
+            raise ValueError(f"{where}: a conversation must end with an assistant turn")
+        return self.segments(tokenizer, turns, where)
+
+    @abstractmethod
+    def segments(
+        self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
+    ) -> list[Segment]:
+        """The conversation's text, cut where the template tokenises separately."""
 
 
 @dataclass(frozen=True)
@@ -74,33 +128,22 @@ class ChatTemplate(ConversationTemplate):
     assistant_prefix: str = "Assistant: "
     separator: str = "\n"
 
-    def text_ids(
+    def segments(
         self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
-    ) -> tuple[list[int], list[int], int]:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        prompt_length = 0
+    ) -> list[Segment]:
+        segments = []
         for turn in turns:
             if turn.role == "user":
-                prompt = self.user_prefix + turn.content + self.separator
-                answer = ""
+                segments.append(Segment(self.user_prefix + turn.content + self.separator))
             elif turn.role == "assistant":
-                prompt, answer = self.assistant_prefix, turn.content
+                segments += [
+                    Segment(self.assistant_prefix),
+                    Segment(turn.content, answer=True, end_token=True),
+                    Segment(self.separator),
+                ]
             else:
                 raise ValueError(f"{where}: unknown role {turn.role!r} (expected user/assistant)")
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            input_ids += ids
-            labels += [IGNORE_INDEX] * len(ids)
-            if turn.role == "assistant":
-                prompt_length = len(input_ids)
-                ids = tokenizer(answer, add_special_tokens=False).input_ids
-                ids += [tokenizer.eos_token_id]
-                input_ids += ids
-                labels += ids
-                sep = tokenizer(self.separator, add_special_tokens=False).input_ids
-                input_ids += sep
-                labels += [IGNORE_INDEX] * len(sep)
-        return input_ids, labels, prompt_length
+        return segments
 
 
 @dataclass(frozen=True)
@@ -114,13 +157,11 @@ class TokenizerChatTemplate(ConversationTemplate):
     as a prefix of the whole conversation (all common ones do); one that does not is an error.
     """
 
-    def text_ids(
+    def segments(
         self, tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], where: str
-    ) -> tuple[list[int], list[int], int]:
+    ) -> list[Segment]:
         messages = [{"role": turn.role, "content": turn.content} for turn in turns]
-        input_ids: list[int] = []
-        labels: list[int] = []
-        prompt_length = 0
+        segments = []
         rendered = ""
         for k, turn in enumerate(turns):
             if turn.role != "assistant":
@@ -134,15 +175,9 @@ class TokenizerChatTemplate(ConversationTemplate):
                     f"{where}: the tokenizer's chat template does not render each turn as a "
                     "continuation of the previous ones; use the plain ChatTemplate"
                 )
-            ids = tokenizer(prompt[len(rendered) :], add_special_tokens=False).input_ids
-            input_ids += ids
-            labels += [IGNORE_INDEX] * len(ids)
-            prompt_length = len(input_ids)
-            ids = tokenizer(whole[len(prompt) :], add_special_tokens=False).input_ids
-            input_ids += ids
-            labels += ids
+            segments += [Segment(prompt[len(rendered) :]), Segment(whole[len(prompt) :], True)]
             rendered = whole
-        return input_ids, labels, prompt_length
+        return segments
 
 
 def chat_template_for(tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerChatTemplate:

@@ -323,14 +323,15 @@ class AnyResSplitter:
         Larger samples (many-image prompts, video frames) keep each image as one tile so the
         token budget stays bounded.
         """
-        if len(images) <= self.max_images_to_split:
-            return [self(image) for image in images]
-        results = []
-        for image in images:
-            pixels = to_rgb_tensor(image)
-            layout = self.plan_single(pixels.shape[-2], pixels.shape[-1])
-            results.append((self.render(pixels, layout), layout))
-        return results
+        pixels = [to_rgb_tensor(image) for image in images]
+        layouts = self.plan_sample([(p.shape[-2], p.shape[-1]) for p in pixels])
+        return [(self.render(p, layout), layout) for p, layout in zip(pixels, layouts, strict=True)]
+
+    def plan_sample(self, sizes: Sequence[tuple[int, int]]) -> list[TileLayout]:
+        """The layouts `split_sample` gives the images of one sample, from their (height,
+        width) alone: token counts read them without the pixels."""
+        plan = self.plan if len(sizes) <= self.max_images_to_split else self.plan_single
+        return [plan(height, width) for height, width in sizes]
 
     def render(self, pixels: torch.Tensor, layout: TileLayout) -> torch.Tensor:
         """Cut a [3, H, W] image (uint8, or float in [0, 1]) into the tiles of `layout`."""
