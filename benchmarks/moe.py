@@ -12,13 +12,17 @@ hurts every contender alike):
   active FLOPs as the experts; ``dense / ours`` is the fraction of dense speed reached.
 
 Run: ``python benchmarks/moe.py`` (defaults: 4096 tokens, hidden 512, expert width 512,
-64 experts, top-2, fp32, 2 threads). ``--threads 1 --cpu-time`` times the calling thread's CPU
-time instead of wall time: the work each contender does, whatever else the machine runs.
+64 experts, top-2, fp32, 2 threads). ``--device cuda --dtype bfloat16`` runs the same on a GPU
+(each timing synchronised with the device) and adds ``ours_triton``, the fused dispatch
+kernels; ``--json FILE`` also writes the medians and ratios there. ``--threads 1 --cpu-time``
+times the calling thread's CPU time instead of wall time: the work each contender does,
+whatever else the machine runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -53,10 +57,20 @@ def main() -> None:
     parser.add_argument("--eager-rounds", type=int, default=3, help="the eager loop is slow")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--cpu-time", action="store_true", help="thread CPU time (--threads 1)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.cpu_time and args.threads != 1:
         parser.error("--cpu-time counts the calling thread only: use it with --threads 1")
-    clock = time.thread_time if args.cpu_time else time.perf_counter
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    timer = time.thread_time if args.cpu_time else time.perf_counter
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return timer()
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -70,14 +84,18 @@ def main() -> None:
     block = OlmoeSparseMoeBlock(config)
     for parameter in block.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
+    block.to(device, dtype)
     ours = MoEFeedForward.from_hf(block, backend=args.backend)
     ours_grouped = MoEFeedForward.from_hf(block, backend="grouped_mm")
-    dense = SwiGLUMLP(args.hidden, args.width)
+    dense = SwiGLUMLP(args.hidden, args.width).to(device, dtype)
 
-    x = torch.randn(1, args.tokens, args.hidden, requires_grad=True)
-    grad = torch.randn(1, args.tokens, args.hidden)
-    dense_x = torch.randn(args.tokens * args.top_k, args.hidden, requires_grad=True)
-    dense_grad = torch.randn(args.tokens * args.top_k, args.hidden)
+    def randn(*shape: int, requires_grad: bool = False) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=requires_grad)
+
+    x = randn(1, args.tokens, args.hidden, requires_grad=True)
+    grad = randn(1, args.tokens, args.hidden)
+    dense_x = randn(args.tokens * args.top_k, args.hidden, requires_grad=True)
+    dense_grad = randn(args.tokens * args.top_k, args.hidden)
 
     def hf(implementation: str) -> Callable[[], None]:
         run = _step(block, x, grad)
@@ -103,6 +121,8 @@ def main() -> None:
         "hf_eager": hf("eager"),
         "dense": _step(dense, dense_x, dense_grad),
     }
+    if device.type == "cuda":
+        contenders["ours_triton"] = _step(MoEFeedForward.from_hf(block, backend="triton"), x, grad)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for run in contenders.values():
         run()  # warm-up
@@ -118,7 +138,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(
         f"tokens={args.tokens} hidden={args.hidden} width={args.width} experts={args.experts} "
-        f"top_k={args.top_k} fp32 threads={args.threads} forward+backward, "
+        f"top_k={args.top_k} {args.dtype} {args.device} threads={args.threads} forward+backward, "
         f"{'thread CPU' if args.cpu_time else 'wall'} time, median of "
         f"{args.rounds} interleaved rounds ({args.eager_rounds} for hf_eager)"
     )
@@ -129,6 +149,19 @@ def main() -> None:
     ragged = median["ours_grouped_mm"]
     print(f"  hf_grouped_mm / ours_grouped_mm {median['hf_grouped_mm'] / ragged:6.2f}x")
     print(f"  dense / ours           {median['dense'] / median['ours']:6.2f} (fraction of dense)")
+    if args.json:
+        fraction = {f"dense / {name}": median["dense"] / value for name, value in median.items()}
+        with open(args.json, "w") as file:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "max_diff": max_diff,
+                    "median_ms": median,
+                    "fraction_of_dense": fraction,
+                },
+                file,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":
