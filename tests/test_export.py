@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_module
+from lightning.pytorch import LightningDataModule
 from PIL import Image
 
 from mm15_components import load_pretrained
@@ -15,6 +17,7 @@ from mm15_components.cli import build_from_config, main
 from mm15_components.data import ConversationDataModule, Mixture, Source
 from mm15_components.data.prompt import question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
+from mm15_components.export import export_pretrained
 from mm15_components.language import build_word_tokenizer
 from mm15_components.pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER
 from mm15_components.weights import EXPORT_WEIGHTS, read_weights, save_weights
@@ -185,3 +188,9 @@ def test_export_refuses_a_checkpoint_of_another_model(exported, tmp_path):
         paths = [f"--ckpt_path={exported[0]}", f"--output={tmp_path}/out"]
         main(["export", "--config", QUICKSTART, *smaller, *paths])
     assert not (tmp_path / "out").exists()
+
+
+def test_export_names_what_the_data_module_lacks(tmp_path):
+    with pytest.raises(ValueError, match=r"LightningDataModule has no \['tokenizer', 'image_size'"):
+        export_pretrained(tiny_module(), LightningDataModule(), {}, tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -24,6 +24,8 @@ from mm15_components.pretrained import (
 from mm15_components.weights import load_weights_from, save_weights
 
 DEFAULT_CODEC = {"class_path": "mm15_components.grounding.BoxCodec"}
+DATA_SETTINGS = ("tokenizer", "image_size", "image_tokens", "mean", "std")
+"""What an exported model needs from the data module (besides its recipe arguments)."""
 
 
 def export_pretrained(
@@ -35,6 +37,12 @@ def export_pretrained(
     """Write ``module``'s model, with the tokenizer, image settings, codec and chat template of
     ``data``, to the directory ``output``; ``config`` is the recipe as the CLI resolved it
     (``model``/``data`` with ``class_path``/``init_args``). Returns the directory."""
+    missing = [key for key in DATA_SETTINGS if not hasattr(data, key)]
+    if missing:
+        raise ValueError(
+            f"{type(data).__name__} has no {missing}: export reads the tokenizer and the image "
+            "settings from the data module the model was trained with"
+        )
     output = Path(output)
     model = module.model
     data_args = config.get("data", {}).get("init_args", {})
