@@ -194,3 +194,20 @@ def test_export_names_what_the_data_module_lacks(tmp_path):
     with pytest.raises(ValueError, match=r"LightningDataModule has no \['tokenizer', 'image_size'"):
         export_pretrained(tiny_module(), LightningDataModule(), {}, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_export_gathers_a_distributed_checkpoint(exported, tmp_path):
+    """A distributed checkpoint directory (the layout of ``ModelParallelStrategy``; FSDP2 runs
+    writing it are in test_fsdp.py) exports to the same tensors as the single file."""
+    from torch.distributed.checkpoint import FileSystemWriter, save
+
+    checkpoint, _ = exported
+    weights = read_weights(checkpoint)
+    state = {"state_dict": {f"model.{key}": value for key, value in weights.items()}}
+    save(state, storage_writer=FileSystemWriter(tmp_path / "distributed"), no_dist=True)
+    paths = [f"--ckpt_path={tmp_path}/distributed", f"--output={tmp_path}/out"]
+    main(["export", "--config", QUICKSTART, *paths])
+    state = load_pretrained(tmp_path / "out").model.state_dict()
+    assert weights.keys() == state.keys()
+    for key, value in weights.items():
+        assert torch.equal(state[key], value), key
