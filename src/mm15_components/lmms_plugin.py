@@ -38,7 +38,8 @@ class MM15LMMs(lmms):
 
     Args (``--model_args key=value,...``):
         pretrained: the exported directory.
-        device: where the model runs (lmms-eval's ``--device`` fills it).
+        device: where the model runs (lmms-eval's ``--device`` fills it); by default the
+            GPU when there is one, else the CPU.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         batch_size: questions generated together (lmms-eval's ``--batch_size``).
         max_new_tokens: answer budget when a task sets none (default: the export's).
@@ -62,7 +63,8 @@ class MM15LMMs(lmms):
             )
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"mm15: dtype={dtype!r} is not a torch dtype (e.g. bfloat16)")
-        self.pretrained = load_pretrained(pretrained, device or "cpu", getattr(torch, dtype))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.pretrained = load_pretrained(pretrained, device, getattr(torch, dtype))
         self.batch_size = int(batch_size)
         if max_new_tokens is not None:
             self.pretrained.max_new_tokens = int(max_new_tokens)
