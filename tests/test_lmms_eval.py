@@ -132,3 +132,21 @@ def test_lmms_eval_runs_the_mm15_model_on_local_tasks(exported, tmp_path):
     (qa_samples,) = output.rglob("*_samples_mm15_qa.jsonl")
     rows = sorted(map(json.loads, qa_samples.read_text().splitlines()), key=lambda r: r["doc_id"])
     assert [row["filtered_resps"] for row in rows] == answers
+
+
+def test_answers_stop_at_the_first_until_string_and_are_greedy():
+    from mm15_components.lmms_plugin import cut_at, generation_settings
+
+    assert cut_at("a b. c\nd", ["\n", "."]) == "a b"
+    assert cut_at("a b", []) == "a b"
+    assert generation_settings({"until": "\n", "max_new_tokens": 5}) == (5, ["\n"])
+    assert generation_settings({}) == (None, [])
+    with pytest.warns(UserWarning, match="greedy"):
+        generation_settings({"temperature": 0.7, "do_sample": True})
+
+
+def test_unknown_model_args_are_named():
+    from mm15_components.lmms_plugin import MM15LMMs
+
+    with pytest.raises(TypeError, match=r"unknown model_args \['temprature'\]"):
+        MM15LMMs.create_from_arg_string("pretrained=exported,temprature=0")
