@@ -96,6 +96,10 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["inspect"]:
         return inspect_command(argv[1:])
+    if argv[:1] == ["export"]:
+        from mm15_components.export import export_command
+
+        return export_command(argv[1:])
     if argv[:2] == ["data", "optimize"]:
         from mm15_components.data.stream import optimize_command
 

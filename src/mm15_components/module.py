@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
-from transformers import LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
@@ -29,6 +29,7 @@ from mm15_components.metrics.validation import VALIDATION_METRICS, validation_sc
 from mm15_components.model import MM15Model
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.parallelize import parallelize
+from mm15_components.pretrained import greedy_answers
 from mm15_components.weights import load_weights_from
 
 COMPONENTS = ("vision", "connector", "language")
@@ -325,20 +326,17 @@ class MM15Module(L.LightningModule):
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[str]:
         """Greedy answers to left-padded prompts, as text."""
-        processors = [self.box_processor] if self.box_processor is not None else []
-        new_tokens = self.model.generate(
+        return greedy_answers(
+            self.model,
+            self.tokenizer,
             prompt_ids,
             prompt_mask,
             pixel_values,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            logits_processor=LogitsProcessorList(processors),
+            self.max_new_tokens,
+            self.box_processor,
             # ranks finishing early keep stepping: sharded weights gather on every rank
             synced_gpus=distributed(),
         )
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Each sample's ``id``, greedy ``answer`` and the ``boxes`` read from it, in pixels
