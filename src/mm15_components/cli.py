@@ -10,6 +10,7 @@ from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mm15_components.checkpoint import LastCheckpoint
 from mm15_components.module import MM15Module
 
 PARSER_MODE = "mm15_yaml"
@@ -35,10 +36,12 @@ class MM15CLI(LightningCLI):
     Model and data are chosen by ``class_path`` (subclass mode), so a downstream subclass of any
     component plugs in from YAML. The data's tokenizer is handed to the model when both are
     built, which sizes the vocabulary and learns the special-token ids, and so is its box
-    codec, so answers are read with the convention they were written in.
+    codec, so answers are read with the convention they were written in. Every run keeps a
+    ``last.ckpt`` to resume from (``LastCheckpoint``, options under ``last_checkpoint:``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         for name in ("tokenizer", "codec"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
