@@ -17,13 +17,15 @@ from mm15_components.checkpoint import AtomicCheckpointIO, partial_path
 from mm15_components.cli import main
 
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
-END = 10
+END = 8
 """Steps of the reference run and of every resumed run."""
+MODEL = "--model.init_args.model.init_args"
 
 
 def fit_args(root: Path, max_steps: int, every: int) -> list[str]:
-    """The quickstart recipe shrunk to 4-sample batches, without validation or logger; the
-    schedule is fixed so that runs of any ``max_steps`` take the same steps."""
+    """The quickstart recipe shrunk (a 2-layer LM of width 64, 32 px images, batches of 2, fp32),
+    without validation or logger; the schedule is fixed so that runs of any ``max_steps`` take
+    the same steps."""
     return [
         "fit",
         f"--config={QUICKSTART}",
@@ -35,8 +37,15 @@ def fit_args(root: Path, max_steps: int, every: int) -> list[str]:
         "--trainer.limit_val_batches=0",
         f"--trainer.max_steps={max_steps}",
         f"--trainer.default_root_dir={root}",
+        "--trainer.precision=32-true",
+        f"{MODEL}.language.init_args.config.hidden_size=64",
+        f"{MODEL}.language.init_args.config.intermediate_size=128",
+        f"{MODEL}.language.init_args.config.num_hidden_layers=2",
+        f"{MODEL}.vision.init_args.image_size=32",
+        "--data.init_args.image_size=32",
+        "--data.init_args.image_tokens=16",
         "--data.init_args.train_samples=24",
-        "--data.init_args.batch_size=4",
+        "--data.init_args.batch_size=2",
         "--data.init_args.num_workers=0",
         "--model.init_args.lr_scheduler.init_args.total_steps=12",
         "--model.init_args.lr_scheduler.init_args.warmup_steps=2",
@@ -59,8 +68,8 @@ def start(root: Path, every: int) -> subprocess.Popen:
     root.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "mm15_components", *fit_args(root, 1000, every)]
-    log = open(root / "log.txt", "wb")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(root / "log.txt", "wb") as log:  # the child writes to its own copy
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_step(process: subprocess.Popen, root: Path, step: int, timeout: float = 240) -> int:
@@ -89,10 +98,11 @@ def assert_same_weights(actual: dict, expected: dict) -> None:
         torch.testing.assert_close(actual["state_dict"][name], value, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_step_resumes_exactly(tmp_path, reference):
     process = start(tmp_path / "run", every=2)
     wait_for_step(process, tmp_path / "run", 2)
-    time.sleep(random.uniform(0, 0.2))
+    time.sleep(random.uniform(0, 0.05))
     process.kill()
     assert process.wait() == -signal.SIGKILL
     saved = torch.load(last(tmp_path / "run"), weights_only=False)["global_step"]
@@ -100,6 +110,7 @@ def test_sigkill_during_a_step_resumes_exactly(tmp_path, reference):
     assert_same_weights(fit_in_process(tmp_path / "run", resume=True), reference)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference):
     root = tmp_path / "run"
     process = start(root, every=1)
@@ -121,6 +132,7 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference
     assert not partial.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_saves_the_current_step_and_exits_nonzero(tmp_path, reference, signum):
     root = tmp_path / "run"
@@ -131,7 +143,8 @@ def test_stop_signal_saves_the_current_step_and_exits_nonzero(tmp_path, referenc
     saved = torch.load(last(root), weights_only=False)["global_step"]
     assert first < saved < END  # saved at the step the signal found, not the periodic one
     assert not partial_path(last(root)).exists()
-    assert_same_weights(fit_in_process(root, resume=True), reference)
+    if signum == signal.SIGTERM:  # the same code path: resuming once is enough
+        assert_same_weights(fit_in_process(root, resume=True), reference)
 
 
 def test_atomic_write_keeps_the_old_file_when_a_save_fails(tmp_path):

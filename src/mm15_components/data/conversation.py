@@ -23,6 +23,9 @@ from mm15_components.data.formats import (
     is_record_file,
     open_source,
 )
+from mm15_components.data.images import (
+    MAX_PIXELS,
+)
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.lengths import BAD, token_counts
 from mm15_components.data.mixture import Mixture, MixtureDataset
@@ -150,6 +153,8 @@ class ConversationDataModule(SyntheticDataModule):
             working directory).
         index_dir: the folder that caches the record index (and token counts) of each
             ``.json``/``.jsonl`` source; None: beside each file (see ``data.index``).
+        max_image_pixels: images with more pixels are bad samples (``image_too_large``),
+            refused from their header; None: no limit but Pillow's (``data.images``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
         codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
@@ -175,6 +180,7 @@ class ConversationDataModule(SyntheticDataModule):
         on_bad_sample: OnBadSample = "skip",
         data_root: str | None = None,
         index_dir: str | None = None,
+        max_image_pixels: int | None = MAX_PIXELS,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -210,6 +216,7 @@ class ConversationDataModule(SyntheticDataModule):
         self.policy = BadSamplePolicy(on_bad_sample)
         self.data_root = data_root
         self.index_dir = index_dir
+        self.max_image_pixels = max_image_pixels
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
             shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
@@ -238,7 +245,11 @@ class ConversationDataModule(SyntheticDataModule):
             else:
                 image_root = self._under_root(source.image_root)
                 samples = open_source(
-                    self._under_root(source.path), source.format, image_root, self.index_dir
+                    self._under_root(source.path),
+                    source.format,
+                    image_root,
+                    self.index_dir,
+                    self.max_image_pixels,
                 )
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources

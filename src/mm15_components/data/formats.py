@@ -31,6 +31,8 @@ from typing import Any, BinaryIO, Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mm15_components.data import images
+from mm15_components.data.images import MAX_PIXELS
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.schema import Sample, SampleOutline, Turn
 from mm15_components.language.tokenizer import IMAGE_TOKEN
@@ -46,6 +48,7 @@ BAD_KINDS = (
     "malformed_record",
     "missing_file",
     "unreadable_image",
+    "image_too_large",
     "placeholder_mismatch",
     "no_assistant_turn",
     "too_long",
@@ -209,39 +212,47 @@ def _interleaved(record: dict, where: str) -> tuple[list[Turn], list[str]]:
     return [Turn("assistant", "\n".join(pieces))], paths
 
 
-def open_image(path: Path, where: str) -> Image.Image:
-    """An RGB image, fully decoded now so a truncated file fails here, naming ``where``."""
+def open_image(path: Path, where: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """An RGB image (``data.images.load_image``), fully decoded now so a truncated file fails
+    here, naming ``where``."""
     if not path.is_file():
         raise BadSampleError("missing_file", f"{where}: image {path} not found")
-    return decode_image(path, where, str(path))
+    return decode_image(path, where, str(path), max_pixels)
 
 
-def decode_image(file: Path | BinaryIO, where: str, name: str) -> Image.Image:
-    """The RGB image in ``file`` (a path or a binary stream), fully decoded now so a truncated
-    one fails here; errors name ``where`` and the image's ``name``."""
+def decode_image(
+    file: Path | BinaryIO, where: str, name: str, max_pixels: int | None = MAX_PIXELS
+) -> Image.Image:
+    """The RGB image in ``file`` (a path or a binary stream, ``data.images.load_image``),
+    fully decoded now so a truncated one fails here; errors name ``where`` and the image's
+    ``name``."""
     try:
-        with Image.open(file) as image:
-            return image.convert("RGB")
+        return images.load_image(file, max_pixels)
+    except images.ImageTooLarge as error:
+        raise BadSampleError("image_too_large", f"{where}: image {name}: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadSampleError(
             "unreadable_image", f"{where}: cannot read image {name}: {error}"
         ) from error
 
 
-def image_size(file: Path | BinaryIO, where: str, name: str) -> tuple[int, int]:
-    """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) from its
-    header alone (no pixel is decoded): what token counts need of an image. Raises
-    ``BadSampleError`` like ``open_image`` for a missing file or an unreadable header."""
+def image_size(
+    file: Path | BinaryIO, where: str, name: str, max_pixels: int | None = MAX_PIXELS
+) -> tuple[int, int]:
+    """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) as
+    ``decode_image`` gives it, from its header alone (``data.images.image_size``): what token
+    counts need of an image. Raises ``BadSampleError`` like ``decode_image``, and for a
+    missing file."""
     try:
-        with Image.open(file) as image:
-            width, height = image.size
+        return images.image_size(file, max_pixels)
     except (FileNotFoundError, IsADirectoryError):
         raise BadSampleError("missing_file", f"{where}: image {name} not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except images.ImageTooLarge as error:
+        raise BadSampleError("image_too_large", f"{where}: image {name}: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise BadSampleError(
             "unreadable_image", f"{where}: cannot read image {name}: {error}"
         ) from error
-    return height, width
 
 
 class JSONSource(Dataset):
@@ -255,6 +266,8 @@ class JSONSource(Dataset):
         image_root: the folder image paths are relative to (default: the file's folder).
         index_dir: the folder for the record index (default: beside the file, see
             ``RecordIndex.open``).
+        max_image_pixels: images with more pixels are bad samples (``image_too_large``);
+            None: no limit but Pillow's.
 
     Raises:
         ValueError: the file is missing, holds no record, or is a ``.json`` file that is not
@@ -270,6 +283,7 @@ class JSONSource(Dataset):
         format: Format = "conversation",
         image_root: str | os.PathLike | None = None,
         index_dir: str | os.PathLike | None = None,
+        max_image_pixels: int | None = MAX_PIXELS,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
@@ -277,6 +291,7 @@ class JSONSource(Dataset):
         self.format = format
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.index = RecordIndex.open(self.path, index_dir)
+        self.max_image_pixels = max_image_pixels
         if not len(self.index):
             raise ValueError(f"{self.path}: no records")
 
@@ -296,13 +311,14 @@ class JSONSource(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         where, sample_id, turns, paths = self.read(index)
-        images = [open_image(path, where) for path in paths]
-        return Sample(turns=turns, images=images, id=sample_id)
+        pictures = [open_image(path, where, self.max_image_pixels) for path in paths]
+        return Sample(turns=turns, images=pictures, id=sample_id)
 
     def outline(self, index: int) -> SampleOutline:
         """Sample ``index``'s turns and image sizes, from the images' headers (no decoding)."""
         where, _, turns, paths = self.read(index)
-        return SampleOutline(turns, [image_size(path, where, str(path)) for path in paths])
+        sizes = [image_size(path, where, str(path), self.max_image_pixels) for path in paths]
+        return SampleOutline(turns, sizes)
 
 
 def is_record_file(path: str) -> bool:
@@ -315,11 +331,12 @@ def open_source(
     format: Format = "conversation",
     image_root: str | None = None,
     index_dir: str | None = None,
+    max_image_pixels: int | None = MAX_PIXELS,
 ) -> Dataset:
     """The source a mixture's ``Source`` names: a ``JSONSource`` for a ``.json``/``.jsonl``
     file, else a ``StreamingSource`` (a folder or URL of litdata chunks, ``data.stream``)."""
     if is_record_file(path):
-        return JSONSource(path, format, image_root, index_dir)
+        return JSONSource(path, format, image_root, index_dir, max_image_pixels)
     if image_root is not None:
         raise ValueError(f"{path}: images are stored in the chunks; image_root must be unset")
     from mm15_components.data.stream import StreamingSource
