@@ -58,6 +58,11 @@ class EncodedSource(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def name(self) -> str:
+        """How messages name the source: its file, else its kind."""
+        return str(getattr(self.samples, "path", type(self.samples).__name__))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         item = self.encoder(sample)
@@ -149,6 +154,9 @@ class ConversationDataModule(SyntheticDataModule):
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
+        max_bad_fraction: under ``skip``, the largest share of a source's samples that may be
+            bad; past it (judged after 200 reads of the source, or all of a smaller one)
+            the run stops naming the source, e.g. for a wrong ``image_root``.
         data_root: the folder relative source paths and image roots are under (default: the
             working directory).
         index_dir: the folder that caches the record index (and token counts) of each
@@ -178,6 +186,7 @@ class ConversationDataModule(SyntheticDataModule):
         render_size: int | None = None,
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
+        max_bad_fraction: float = 0.1,
         data_root: str | None = None,
         index_dir: str | None = None,
         max_image_pixels: int | None = MAX_PIXELS,
@@ -213,7 +222,7 @@ class ConversationDataModule(SyntheticDataModule):
         )
         self.render_size = render_size or self.image_size
         self.max_sample_tokens = max_sample_tokens
-        self.policy = BadSamplePolicy(on_bad_sample)
+        self.policy = BadSamplePolicy(on_bad_sample, max_bad_fraction)
         self.data_root = data_root
         self.index_dir = index_dir
         self.max_image_pixels = max_image_pixels

@@ -49,6 +49,9 @@ BAD_KINDS = (
     "missing_file",
     "unreadable_image",
     "image_too_large",
+    "unreadable_video",
+    "video_too_short",
+    "empty_answer",
     "placeholder_mismatch",
     "no_assistant_turn",
     "too_long",
@@ -67,26 +70,78 @@ class BadSampleError(ValueError):
         self.kind = kind
 
 
-class BadSamplePolicy:
-    """``raise`` re-raises a ``BadSampleError``; ``skip`` counts it per kind and warns once per
-    kind (per process: each DataLoader worker warns on its own)."""
+class BadSampleBudgetError(ValueError):
+    """Too large a share of a source's samples were bad under ``skip``: the source is wrong
+    (an image root, a path), not a few of its samples."""
 
-    def __init__(self, mode: OnBadSample = "skip") -> None:
+
+class BadSamplePolicy:
+    """``raise`` re-raises a ``BadSampleError``; ``skip`` counts it per source and per kind,
+    warns once per kind and source, and stops (``BadSampleBudgetError``) when a source's
+    bad share passes ``max_bad_fraction``. The share is judged once ``judge_after`` of the
+    source's samples, or all of a smaller source, have been read (``read``). Counts are per
+    process: each DataLoader worker counts and judges its own reads.
+
+    Args:
+        mode: ``raise`` or ``skip``.
+        max_bad_fraction: the largest share of bad samples a source may have under ``skip``.
+        judge_after: reads of a source before its share is judged (or its size, if smaller).
+    """
+
+    def __init__(
+        self, mode: OnBadSample = "skip", max_bad_fraction: float = 0.1, judge_after: int = 200
+    ) -> None:
         if mode not in ("raise", "skip"):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {mode!r}")
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.mode = mode
+        self.max_bad_fraction = max_bad_fraction
+        self.judge_after = judge_after
         self.counts: Counter[str] = Counter()
+        self.bad: Counter[tuple[str, str]] = Counter()
+        self.reads: Counter[str] = Counter()
 
-    def handle(self, error: BadSampleError) -> None:
+    def read(self, source: str) -> None:
+        """Count one sample of ``source`` read (good or bad)."""
+        self.reads[source] += 1
+
+    def handle(
+        self, error: BadSampleError, source: str | None = None, size: int | None = None
+    ) -> None:
+        """Raise ``error``, or count it against ``source`` (of ``size`` samples) and judge
+        the source's share of bad samples."""
         if self.mode == "raise":
             raise error
-        if not self.counts[error.kind]:
+        if not self.bad[source or "", error.kind]:
             warnings.warn(
-                f"skipping bad samples of kind {error.kind!r} (warned once; counted as "
-                f"data/skipped); first: {error}",
+                f"skipping bad samples of kind {error.kind!r}"
+                + (f" in {source}" if source else "")
+                + f" (warned once; counted as data/skipped); first: {error}",
                 stacklevel=2,
             )
         self.counts[error.kind] += 1
+        self.bad[source or "", error.kind] += 1
+        if source is None:
+            return
+        reads = self.reads[source]
+        bad = sum(n for (name, _), n in self.bad.items() if name == source)
+        judged = reads >= min(self.judge_after, size or self.judge_after)
+        if judged and bad > self.max_bad_fraction * reads:
+            kinds = ", ".join(
+                f"{n} {kind}" for (name, kind), n in sorted(self.bad.items()) if name == source
+            )
+            raise BadSampleBudgetError(
+                f"{source}: {bad} of the {reads} samples read were bad ({kinds}), over the "
+                f"limit of {self.max_bad_fraction:.0%} (max_bad_fraction); is the source's "
+                f"path or image_root wrong? Last: {error}"
+            )
+
+    def summary(self) -> str:
+        """The bad samples counted, per source and kind."""
+        return "; ".join(
+            f"{name or '-'}: {n} {kind}" for (name, kind), n in sorted(self.bad.items())
+        )
 
 
 def read_json_records(path: Path, policy: BadSamplePolicy | None = None) -> list[tuple[Any, str]]:
@@ -116,10 +171,11 @@ def decode_record(data: bytes, where: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
         raise BadSampleError(
             "malformed_json",
-            f"{where}: not UTF-8: byte {data[error.start]:#04x} at offset {error.start} of the "
-            "record",
+            f"{where}: not UTF-8: byte {data[error.start]:#04x} at offset {error.start} "
+            f"(line {line} of the record)",
         ) from None
     return load_json(text, where)
 
@@ -187,7 +243,16 @@ def _conversation(record: dict, where: str) -> tuple[list[Turn], list[str]]:
         raise BadSampleError(
             "no_assistant_turn", f"{where}: the conversation must end with an assistant turn"
         )
+    check_answers(turns, where)
     return turns, images
+
+
+def check_answers(turns: list[Turn], where: str) -> None:
+    """Raise ``BadSampleError`` (``empty_answer``) for an assistant turn of no text: it would
+    train the model to answer with the end token alone."""
+    for number, turn in enumerate(turns, 1):
+        if turn.role == "assistant" and not turn.content.strip():
+            raise BadSampleError("empty_answer", f"{where}: message {number} is an empty answer")
 
 
 def _interleaved(record: dict, where: str) -> tuple[list[Turn], list[str]]:

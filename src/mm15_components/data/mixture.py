@@ -113,7 +113,8 @@ class MixtureDataset(SeededDataset):
 
     A source raising ``BadSampleError`` goes to ``policy``: under ``skip`` the next sample of
     the same source is tried, and the item records how many were skipped (``skipped``) beside
-    its ``category``.
+    its ``category``. The policy counts reads and bad samples per source (its ``name``, else
+    its category) and stops when a source's bad share passes its limit.
 
     Args:
         sources: datasets of items (dicts), e.g. encoded samples.
@@ -176,11 +177,13 @@ class MixtureDataset(SeededDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         source, sample = self.draw(index)
         dataset = self.sources[source]
+        name = str(getattr(dataset, "name", self.categories[source]))
         for skipped in range(self.max_attempts):
+            self.policy.read(name)
             try:
                 item = dataset[(sample + skipped) % len(dataset)]
             except BadSampleError as error:
-                self.policy.handle(error)
+                self.policy.handle(error, name, len(dataset))
                 continue
             if self._lengths is not None and len(item["input_ids"]) != self._lengths[index]:
                 self._warn_length(index, len(item["input_ids"]))
