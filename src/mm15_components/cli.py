@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import yaml
@@ -44,6 +45,27 @@ class MM15CLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         for name in ("tokenizer", "codec"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def before_predict(self) -> None:
+        """Predictions from weights nothing trained are noise: say so before making them."""
+        config = self.config["predict"]
+        if config.get("ckpt_path") is None and config.get("model.init_args.init_from") is None:
+            warnings.warn(random_weights_warning(self.model), stacklevel=1)
+
+
+def random_weights_warning(module: MM15Module) -> str:
+    """What ``mm15 predict`` without ``--ckpt_path`` or ``init_from`` answers with."""
+    model = module.model
+    pretrained = [
+        name for name in ("vision", "language") if getattr(getattr(model, name), "pretrained", 0)
+    ]
+    random = [name for name in ("vision", "connector", "language") if name not in pretrained]
+    return (
+        f"RANDOM WEIGHTS: mm15 predict without --ckpt_path or --model.init_args.init_from "
+        f"answers with randomly initialised {', '.join(random)} weights"
+        + (f" (pretrained: {', '.join(pretrained)})" if pretrained else "")
+        + ", so the answers are noise; pass --ckpt_path=<run>/checkpoints/last.ckpt"
+    )
 
 
 def inspect_command(args: list[str]) -> None:
