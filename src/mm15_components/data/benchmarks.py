@@ -132,15 +132,13 @@ def read_each(
     records: Sequence[Any], label: str, read: Reader, policy: BadSamplePolicy
 ) -> list[BenchmarkRecord]:
     """``read(record, where, index)`` for each record (``where`` is ``label[index]``); a
-    ``BadSampleError`` goes to ``policy`` (raise, or count and leave the record out, within
-    the policy's budget for the file)."""
+    ``BadSampleError`` goes to ``policy`` (raise, or count and leave the record out)."""
     questions: list[BenchmarkRecord] = []
     for index, record in enumerate(records):
-        policy.read(label)
         try:
             made = read(record, f"{label}[{index}]", index)
         except BadSampleError as error:
-            policy.handle(error, label, len(records))
+            policy.handle(error)
             continue
         questions += made if isinstance(made, list) else [made]
     return questions

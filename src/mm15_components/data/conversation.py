@@ -28,7 +28,7 @@ from mm15_components.data.images import (
 )
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.lengths import BAD, token_counts
-from mm15_components.data.mixture import Mixture, MixtureDataset
+from mm15_components.data.mixture import Mixture, MixtureDataset, StaleWeightsError
 from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.synthetic import standins
 from mm15_components.grounding.codec import BoxCodec
@@ -228,7 +228,11 @@ class ConversationDataModule(SyntheticDataModule):
         self.max_image_pixels = max_image_pixels
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
-            shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
+            try:
+                target = mixture.category_shares()
+            except StaleWeightsError as error:
+                raise ValueError(error.for_key(f"data.init_args.{name}")) from None
+            shares = ", ".join(f"{c} {p:.1%}" for c, p in target.items())
             rank_zero_info(f"{name} mixture target shares: {shares}")
         self.train_size, self.val_size = train_samples, val_samples
 
