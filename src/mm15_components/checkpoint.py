@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -122,6 +123,8 @@ class LastCheckpoint(Callback):
         self._step_seen = self._saved_step = trainer.global_step
         self._saved_time = time.monotonic()
         self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python takes signal handlers in the main thread only
         for signum in STOP_SIGNALS:  # replaces Lightning's SIGTERM handler for the run
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
