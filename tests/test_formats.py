@@ -208,7 +208,7 @@ def test_each_bad_input_is_skipped_and_counted(tmp_path, tokenizer):
     cases, good = bad_files(tmp_path)
     for name, bad in cases.items():
         path = write_jsonl(tmp_path / f"{name}.jsonl", [good, *bad, good])
-        policy = BadSamplePolicy("skip")
+        policy = BadSamplePolicy("skip", max_bad_fraction=1.0)  # a third of the file is bad
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             source = JSONSource(path)
@@ -237,7 +237,7 @@ def test_a_byte_that_is_not_utf8_is_a_bad_sample_naming_file_and_line(tmp_path, 
     with pytest.raises(BadSampleError, match=where + "not UTF-8: byte 0xe9") as info:
         source[1]
     assert info.value.kind == "malformed_json"
-    policy = BadSamplePolicy("skip")
+    policy = BadSamplePolicy("skip", max_bad_fraction=1.0)  # a third of the file is bad
     encoded = EncodedSource(source, SampleEncoder(tokenizer, 16, 4, (0.5,) * 3, (0.5,) * 3))
     with pytest.warns(UserWarning, match="malformed_json"):
         mixture = MixtureDataset([encoded], ["c"], [1.0], 30, policy=policy)
@@ -254,7 +254,7 @@ def test_sample_over_the_token_budget(tmp_path, tokenizer):
     assert len(source[0]["input_ids"]) <= 20
     with pytest.raises(BadSampleError, match=r"long\.jsonl:2: \d+ tokens, over the limit of 20"):
         source[1]
-    policy = BadSamplePolicy("skip")
+    policy = BadSamplePolicy("skip", max_bad_fraction=1.0)  # half of the file is bad
     with pytest.warns(UserWarning, match="too_long"):
         items = [MixtureDataset([source], ["c"], [1.0], 20, policy=policy)[i] for i in range(20)]
     assert sum(item["skipped"] for item in items) == policy.counts["too_long"] > 0
@@ -265,7 +265,9 @@ def test_data_module_batches_count_skipped_samples_and_logger_logs_them(tmp_path
     path = write_jsonl(tmp_path / "mixed.jsonl", [good, cases["missing_file"][0], "{oops"])
     train = Mixture([Source("general", path=str(path)), Source("text_only")])
     with pytest.warns(UserWarning):
-        data = ConversationDataModule(train, batch_size=16, train_samples=64, val_samples=8)
+        data = ConversationDataModule(
+            train, batch_size=16, train_samples=64, val_samples=8, max_bad_fraction=1.0
+        )
         data.prepare_data()
         data.setup("fit")
         batches = list(data.train_dataloader())

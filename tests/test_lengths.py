@@ -141,6 +141,7 @@ def test_bad_and_too_long_samples_through_the_mixture(tmp_path, tokenizer, worke
         train_samples=800,
         val_samples=8,
         num_workers=workers,
+        max_bad_fraction=1.0,  # a quarter of the file is bad, more of it too long
     )
     with pytest.warns(UserWarning):  # bad samples skipped
         data.setup("fit")

@@ -79,8 +79,8 @@ def test_weights_multiply_group_category_and_source():
     ("mixture", "message"),
     [
         (Mixture([Source("a", weight=-1.0)]), ">= 0"),
-        (Mixture([Source("a")], categories={"typo": 1.0}), "without sources"),
-        (Mixture([Source("a")], groups={"typo": 1.0}), "without sources"),
+        (Mixture([Source("a")], categories={"typo": 1.0}), "which no source has"),
+        (Mixture([Source("a")], groups={"typo": 1.0}), "which no source has"),
         (Mixture([Source("a", group="x"), Source("a", group="y")]), "two groups"),
         (Mixture([Source("a")], categories={"a": 0.0}), "probability 0"),
         (Mixture([]), "at least one source"),
@@ -89,6 +89,22 @@ def test_weights_multiply_group_category_and_source():
 def test_bad_mixtures_are_named(mixture, message):
     with pytest.raises(ValueError, match=message):
         mixture.probabilities()
+
+
+def test_weights_left_from_replaced_sources_say_what_to_pass():
+    """A recipe's group and category weights, kept when its sources are replaced on the
+    command line, are named with the two flags that reset them."""
+    from mm15_components.data.conversation import ConversationDataModule
+
+    stale = Mixture([Source("mine")], groups={"single_image": 0.8}, categories={"code": 0.2})
+    expected = (
+        r"data\.init_args\.train: weights for groups \['single_image'\] and categories "
+        r"\['code'\], which no source has \(the sources have groups \['all'\], categories "
+        r"\['mine'\]\); .* --data\.init_args\.train\.groups=\{\} "
+        r"--data\.init_args\.train\.categories=\{\}"
+    )
+    with pytest.raises(ValueError, match=expected):
+        ConversationDataModule(train=stale, val=Mixture([Source("general")]))
 
 
 @pytest.mark.parametrize("recipe", ["sft.yaml", "pretrain.yaml"])
@@ -128,7 +144,7 @@ class EveryThirdBad:
 
 
 def test_bad_samples_are_replaced_by_the_next_one_and_counted():
-    policy = BadSamplePolicy("skip")
+    policy = BadSamplePolicy("skip", max_bad_fraction=0.5)  # a third are bad
     dataset = MixtureDataset([EveryThirdBad()], ["c"], np.ones(1), 60, seed=0, policy=policy)
     with pytest.warns(UserWarning, match="missing_file"):
         items = [dataset[i] for i in range(60)]

@@ -103,6 +103,21 @@ def test_bad_inputs_are_named(checkpoint, image_file, tmp_path):
         predict(checkpoint, image_file, tmp_path / "out", "--data.query= ")
 
 
+def test_predict_without_trained_weights_says_they_are_random(image_file, tmp_path):
+    random = r"RANDOM WEIGHTS: .* randomly initialised vision, connector, language weights"
+    with pytest.warns(UserWarning, match=random):
+        main(
+            [
+                *PREDICT,
+                f"--data.images=[{image_file}]",
+                "--data.query=Where is the red circle?",
+                f"--trainer.callbacks.output_dir={tmp_path}",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+    assert (tmp_path / "predictions.jsonl").is_file()
+
+
 def test_query_data_module_errors(image_file, tmp_path):
     with pytest.raises(ValueError, match="give image files"):
         QueryDataModule(query="Where is the red circle?")

@@ -16,19 +16,16 @@ BATCH = 4
 
 
 def fit(root: Path, max_steps: int, train_samples: int, workers: int, ckpt: Path | None = None):
-    """The quickstart recipe, shrunk: a checkpoint every step, no validation, no logger."""
+    """The quickstart recipe, shrunk: no validation, no logger; ``last.ckpt`` (kept by the
+    mm15 command) at the last step."""
     root.mkdir(exist_ok=True)
     override = root / "override.yaml"
     override.write_text(
         yaml.safe_dump(
             {
                 "trainer": {
-                    "callbacks": [
-                        {
-                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                            "init_args": {"every_n_train_steps": 1, "save_last": True},
-                        }
-                    ],
+                    "callbacks": [],
+                    "enable_checkpointing": False,
                     "logger": False,
                     "enable_progress_bar": False,
                     "limit_val_batches": 0,

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mm15_components.data import SyntheticDataModule, VideoDataModule
+from mm15_components.data.formats import BadSampleBudgetError, BadSamplePolicy
 from mm15_components.data.schema import Turn
 from mm15_components.data.synthetic.motion import COLOURS, DIRECTIONS, render_clip
 from mm15_components.data.video import VideoDecodeError, frame_turns
@@ -263,8 +264,10 @@ def test_too_few_frames_raise_under_min_frames(tmp_path):
     frames = render_clip(np.random.default_rng(0), SIZE, 3).frames
     write_mp4(tmp_path / "short.mp4", frames, 10)
     write_jsonl(tmp_path / "v.jsonl", [record("short.mp4")])
-    repeated = VideoJSONDataset(tmp_path / "v.jsonl", num_frames=8)[0]  # frames repeat
-    assert len(repeated.images) == 8
+    repeating = VideoJSONDataset(tmp_path / "v.jsonl", num_frames=8)
+    with pytest.warns(UserWarning, match="3 distinct frame.*frames repeat"):
+        repeated = repeating[0]
+    assert len(repeated.images) == 8 and repeating.repeated == 1
     strict = VideoJSONDataset(tmp_path / "v.jsonl", num_frames=8, min_frames=8)
     with pytest.raises(VideoDecodeError, match=r"v\.jsonl:1: .*3 distinct frame\(s\), fewer"):
         strict[0]
@@ -279,3 +282,30 @@ def test_pixel_check_sees_a_wrong_direction():
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     for colour, entry in forward.items():
         assert backward[colour]["direction"] == opposite[entry["direction"]]
+
+
+def test_bad_videos_are_skipped_counted_and_held_to_a_budget(tmp_path):
+    """Empty, truncated and too short videos under ``skip``: the next record is read and
+    each is counted by kind; once the whole (small) file has been read, a bad share over
+    the limit stops with the file named."""
+    rng = np.random.default_rng(0)
+    write_mp4(tmp_path / "good.mp4", render_clip(rng, SIZE, 8).frames, 10)
+    write_mp4(tmp_path / "short.mp4", render_clip(rng, SIZE, 3).frames, 10)
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    names = ["empty.mp4", "truncated.mp4", "short.mp4", "good.mp4"]
+    write_jsonl(tmp_path / "v.jsonl", [record(n, id=n) for n in names])
+
+    lenient = BadSamplePolicy("skip", max_bad_fraction=1.0)
+    dataset = VideoJSONDataset(tmp_path / "v.jsonl", num_frames=8, min_frames=8, policy=lenient)
+    with pytest.warns(UserWarning, match="skipping bad samples"):
+        assert dataset[0].id == "good.mp4"
+    assert lenient.counts == {"unreadable_video": 2, "video_too_short": 1}
+
+    policy = BadSamplePolicy("skip")  # at most 10% bad
+    dataset = VideoJSONDataset(tmp_path / "v.jsonl", num_frames=8, min_frames=8, policy=policy)
+    with pytest.warns(UserWarning):
+        assert dataset[0].id == "good.mp4"  # 3 bad of 4 read: judged only after all 4
+        with pytest.raises(BadSampleBudgetError, match=r"v\.jsonl: 4 of the 5 samples read"):
+            dataset[1]

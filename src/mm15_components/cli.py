@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import yaml
@@ -10,6 +11,7 @@ from jsonargparse import get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from mm15_components.checkpoint import LastCheckpoint
 from mm15_components.module import MM15Module
 
 PARSER_MODE = "mm15_yaml"
@@ -35,12 +37,35 @@ class MM15CLI(LightningCLI):
     Model and data are chosen by ``class_path`` (subclass mode), so a downstream subclass of any
     component plugs in from YAML. The data's tokenizer is handed to the model when both are
     built, which sizes the vocabulary and learns the special-token ids, and so is its box
-    codec, so answers are read with the convention they were written in.
+    codec, so answers are read with the convention they were written in. Every run keeps a
+    ``last.ckpt`` to resume from (``LastCheckpoint``, options under ``last_checkpoint:``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         for name in ("tokenizer", "codec"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def before_predict(self) -> None:
+        """Predictions from weights nothing trained are noise: say so before making them."""
+        config = self.config["predict"]
+        if config.get("ckpt_path") is None and config.get("model.init_args.init_from") is None:
+            warnings.warn(random_weights_warning(self.model), stacklevel=1)
+
+
+def random_weights_warning(module: MM15Module) -> str:
+    """What ``mm15 predict`` without ``--ckpt_path`` or ``init_from`` answers with."""
+    model = module.model
+    pretrained = [
+        name for name in ("vision", "language") if getattr(getattr(model, name), "pretrained", 0)
+    ]
+    random = [name for name in ("vision", "connector", "language") if name not in pretrained]
+    return (
+        f"RANDOM WEIGHTS: mm15 predict without --ckpt_path or --model.init_args.init_from "
+        f"answers with randomly initialised {', '.join(random)} weights"
+        + (f" (pretrained: {', '.join(pretrained)})" if pretrained else "")
+        + ", so the answers are noise; pass --ckpt_path=<run>/checkpoints/last.ckpt"
+    )
 
 
 def inspect_command(args: list[str]) -> None:

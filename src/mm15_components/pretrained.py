@@ -28,6 +28,7 @@ from PIL import Image
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.images import to_rgb
 from mm15_components.data.prompt import question_sample
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
@@ -124,7 +125,7 @@ class Pretrained:
                 f"the question must not contain {IMAGE_TOKEN}: the images are placed after "
                 f"it, one {IMAGE_TOKEN} each; got {question!r}"
             )
-        return self.encoder(question_sample(question, [im.convert("RGB") for im in images]))
+        return self.encoder(question_sample(question, [to_rgb(image) for image in images]))
 
     def chat(
         self, images: Sequence[Image.Image], question: str, max_new_tokens: int | None = None

@@ -46,7 +46,7 @@ from mm15_components.data.collate import SampleEncoder
 from mm15_components.data.formats import (
     BadSampleError,
     BadSamplePolicy,
-    load_json,
+    decode_record,
     open_image,
     parse_record,
     read_json_records,
@@ -168,7 +168,7 @@ def read_json(path: Path) -> Any:
     """The content of a JSON file; raises naming the file."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    return load_json(path.read_text(encoding="utf-8"), str(path))
+    return decode_record(path.read_bytes(), f"{path} (one record: the file)")
 
 
 def data_list(path: Path) -> list[Any]:

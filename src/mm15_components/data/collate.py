@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from mm15_components.data.images import to_rgb
 from mm15_components.data.schema import Box, Sample, SampleOutline
 from mm15_components.language.chat import (
     IGNORE_INDEX,
@@ -30,8 +31,9 @@ from mm15_components.vision.anyres import (
 def image_to_tensor(
     image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """An RGB image resized (antialiased) to ``size`` x ``size`` and normalised: ``[3, S, S]``."""
-    image = image.convert("RGB")
+    """An image (any mode, ``data.images.to_rgb``) resized (antialiased) to ``size`` x ``size``
+    and normalised: ``[3, S, S]``."""
+    image = to_rgb(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -95,7 +97,7 @@ class SampleEncoder:
                 image_to_tensor(im, self.image_size, self.mean, self.std)[None] for im in images
             ]
             return pixels, [[self.image_token_id] * self.image_tokens] * len(images)
-        split = self.splitter.split_sample(images)
+        split = self.splitter.split_sample([to_rgb(image) for image in images])
         return [tiles for tiles, _ in split], [
             self.layout_tokens(layout, index) for index, (_, layout) in enumerate(split)
         ]

@@ -23,9 +23,12 @@ from mm15_components.data.formats import (
     is_record_file,
     open_source,
 )
+from mm15_components.data.images import (
+    MAX_PIXELS,
+)
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.lengths import BAD, token_counts
-from mm15_components.data.mixture import Mixture, MixtureDataset
+from mm15_components.data.mixture import Mixture, MixtureDataset, StaleWeightsError
 from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.synthetic import standins
 from mm15_components.grounding.codec import BoxCodec
@@ -54,6 +57,11 @@ class EncodedSource(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def name(self) -> str:
+        """How messages name the source: its file, else its kind."""
+        return str(getattr(self.samples, "path", type(self.samples).__name__))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -146,10 +154,15 @@ class ConversationDataModule(SyntheticDataModule):
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
+        max_bad_fraction: under ``skip``, the largest share of a source's samples that may be
+            bad; past it (judged after 200 reads of the source, or all of a smaller one)
+            the run stops naming the source, e.g. for a wrong ``image_root``.
         data_root: the folder relative source paths and image roots are under (default: the
             working directory).
         index_dir: the folder that caches the record index (and token counts) of each
             ``.json``/``.jsonl`` source; None: beside each file (see ``data.index``).
+        max_image_pixels: images with more pixels are bad samples (``image_too_large``),
+            refused from their header; None: no limit but Pillow's (``data.images``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
         codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
@@ -173,8 +186,10 @@ class ConversationDataModule(SyntheticDataModule):
         render_size: int | None = None,
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
+        max_bad_fraction: float = 0.1,
         data_root: str | None = None,
         index_dir: str | None = None,
+        max_image_pixels: int | None = MAX_PIXELS,
         train_samples: int = 100_000,
         val_samples: int = 256,
         batch_size: int = 32,
@@ -207,12 +222,17 @@ class ConversationDataModule(SyntheticDataModule):
         )
         self.render_size = render_size or self.image_size
         self.max_sample_tokens = max_sample_tokens
-        self.policy = BadSamplePolicy(on_bad_sample)
+        self.policy = BadSamplePolicy(on_bad_sample, max_bad_fraction)
         self.data_root = data_root
         self.index_dir = index_dir
+        self.max_image_pixels = max_image_pixels
         self.train_mixture, self.val_mixture = train, val or train
         for name, mixture in (("train", self.train_mixture), ("val", self.val_mixture)):
-            shares = ", ".join(f"{c} {p:.1%}" for c, p in mixture.category_shares().items())
+            try:
+                target = mixture.category_shares()
+            except StaleWeightsError as error:
+                raise ValueError(error.for_key(f"data.init_args.{name}")) from None
+            shares = ", ".join(f"{c} {p:.1%}" for c, p in target.items())
             rank_zero_info(f"{name} mixture target shares: {shares}")
         self.train_size, self.val_size = train_samples, val_samples
 
@@ -238,7 +258,11 @@ class ConversationDataModule(SyntheticDataModule):
             else:
                 image_root = self._under_root(source.image_root)
                 samples = open_source(
-                    self._under_root(source.path), source.format, image_root, self.index_dir
+                    self._under_root(source.path),
+                    source.format,
+                    image_root,
+                    self.index_dir,
+                    self.max_image_pixels,
                 )
                 sources.append((samples, source.format in DOCUMENT_FORMATS))
         return sources

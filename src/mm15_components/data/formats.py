@@ -31,6 +31,8 @@ from typing import Any, BinaryIO, Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mm15_components.data import images
+from mm15_components.data.images import MAX_PIXELS
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.schema import Sample, SampleOutline, Turn
 from mm15_components.language.tokenizer import IMAGE_TOKEN
@@ -46,6 +48,10 @@ BAD_KINDS = (
     "malformed_record",
     "missing_file",
     "unreadable_image",
+    "image_too_large",
+    "unreadable_video",
+    "video_too_short",
+    "empty_answer",
     "placeholder_mismatch",
     "no_assistant_turn",
     "too_long",
@@ -64,26 +70,78 @@ class BadSampleError(ValueError):
         self.kind = kind
 
 
-class BadSamplePolicy:
-    """``raise`` re-raises a ``BadSampleError``; ``skip`` counts it per kind and warns once per
-    kind (per process: each DataLoader worker warns on its own)."""
+class BadSampleBudgetError(ValueError):
+    """Too large a share of a source's samples were bad under ``skip``: the source is wrong
+    (an image root, a path), not a few of its samples."""
 
-    def __init__(self, mode: OnBadSample = "skip") -> None:
+
+class BadSamplePolicy:
+    """``raise`` re-raises a ``BadSampleError``; ``skip`` counts it per source and per kind,
+    warns once per kind and source, and stops (``BadSampleBudgetError``) when a source's
+    bad share passes ``max_bad_fraction``. The share is judged once ``judge_after`` of the
+    source's samples, or all of a smaller source, have been read (``read``). Counts are per
+    process: each DataLoader worker counts and judges its own reads.
+
+    Args:
+        mode: ``raise`` or ``skip``.
+        max_bad_fraction: the largest share of bad samples a source may have under ``skip``.
+        judge_after: reads of a source before its share is judged (or its size, if smaller).
+    """
+
+    def __init__(
+        self, mode: OnBadSample = "skip", max_bad_fraction: float = 0.1, judge_after: int = 200
+    ) -> None:
         if mode not in ("raise", "skip"):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {mode!r}")
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.mode = mode
+        self.max_bad_fraction = max_bad_fraction
+        self.judge_after = judge_after
         self.counts: Counter[str] = Counter()
+        self.bad: Counter[tuple[str, str]] = Counter()
+        self.reads: Counter[str] = Counter()
 
-    def handle(self, error: BadSampleError) -> None:
+    def read(self, source: str) -> None:
+        """Count one sample of ``source`` read (good or bad)."""
+        self.reads[source] += 1
+
+    def handle(
+        self, error: BadSampleError, source: str | None = None, size: int | None = None
+    ) -> None:
+        """Raise ``error``, or count it against ``source`` (of ``size`` samples) and judge
+        the source's share of bad samples."""
         if self.mode == "raise":
             raise error
-        if not self.counts[error.kind]:
+        if not self.bad[source or "", error.kind]:
             warnings.warn(
-                f"skipping bad samples of kind {error.kind!r} (warned once; counted as "
-                f"data/skipped); first: {error}",
+                f"skipping bad samples of kind {error.kind!r}"
+                + (f" in {source}" if source else "")
+                + f" (warned once; counted as data/skipped); first: {error}",
                 stacklevel=2,
             )
         self.counts[error.kind] += 1
+        self.bad[source or "", error.kind] += 1
+        if source is None:
+            return
+        reads = self.reads[source]
+        bad = sum(n for (name, _), n in self.bad.items() if name == source)
+        judged = reads >= min(self.judge_after, size or self.judge_after)
+        if judged and bad > self.max_bad_fraction * reads:
+            kinds = ", ".join(
+                f"{n} {kind}" for (name, kind), n in sorted(self.bad.items()) if name == source
+            )
+            raise BadSampleBudgetError(
+                f"{source}: {bad} of the {reads} samples read were bad ({kinds}), over the "
+                f"limit of {self.max_bad_fraction:.0%} (max_bad_fraction); is the source's "
+                f"path or image_root wrong? Last: {error}"
+            )
+
+    def summary(self) -> str:
+        """The bad samples counted, per source and kind."""
+        return "; ".join(
+            f"{name or '-'}: {n} {kind}" for (name, kind), n in sorted(self.bad.items())
+        )
 
 
 def read_json_records(path: Path, policy: BadSamplePolicy | None = None) -> list[tuple[Any, str]]:
@@ -113,10 +171,11 @@ def decode_record(data: bytes, where: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
         raise BadSampleError(
             "malformed_json",
-            f"{where}: not UTF-8: byte {data[error.start]:#04x} at offset {error.start} of the "
-            "record",
+            f"{where}: not UTF-8: byte {data[error.start]:#04x} at offset {error.start} "
+            f"(line {line} of the record)",
         ) from None
     return load_json(text, where)
 
@@ -184,7 +243,16 @@ def _conversation(record: dict, where: str) -> tuple[list[Turn], list[str]]:
         raise BadSampleError(
             "no_assistant_turn", f"{where}: the conversation must end with an assistant turn"
         )
+    check_answers(turns, where)
     return turns, images
+
+
+def check_answers(turns: list[Turn], where: str) -> None:
+    """Raise ``BadSampleError`` (``empty_answer``) for an assistant turn of no text: it would
+    train the model to answer with the end token alone."""
+    for number, turn in enumerate(turns, 1):
+        if turn.role == "assistant" and not turn.content.strip():
+            raise BadSampleError("empty_answer", f"{where}: message {number} is an empty answer")
 
 
 def _interleaved(record: dict, where: str) -> tuple[list[Turn], list[str]]:
@@ -209,39 +277,47 @@ def _interleaved(record: dict, where: str) -> tuple[list[Turn], list[str]]:
     return [Turn("assistant", "\n".join(pieces))], paths
 
 
-def open_image(path: Path, where: str) -> Image.Image:
-    """An RGB image, fully decoded now so a truncated file fails here, naming ``where``."""
+def open_image(path: Path, where: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """An RGB image (``data.images.load_image``), fully decoded now so a truncated file fails
+    here, naming ``where``."""
     if not path.is_file():
         raise BadSampleError("missing_file", f"{where}: image {path} not found")
-    return decode_image(path, where, str(path))
+    return decode_image(path, where, str(path), max_pixels)
 
 
-def decode_image(file: Path | BinaryIO, where: str, name: str) -> Image.Image:
-    """The RGB image in ``file`` (a path or a binary stream), fully decoded now so a truncated
-    one fails here; errors name ``where`` and the image's ``name``."""
+def decode_image(
+    file: Path | BinaryIO, where: str, name: str, max_pixels: int | None = MAX_PIXELS
+) -> Image.Image:
+    """The RGB image in ``file`` (a path or a binary stream, ``data.images.load_image``),
+    fully decoded now so a truncated one fails here; errors name ``where`` and the image's
+    ``name``."""
     try:
-        with Image.open(file) as image:
-            return image.convert("RGB")
+        return images.load_image(file, max_pixels)
+    except images.ImageTooLarge as error:
+        raise BadSampleError("image_too_large", f"{where}: image {name}: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadSampleError(
             "unreadable_image", f"{where}: cannot read image {name}: {error}"
         ) from error
 
 
-def image_size(file: Path | BinaryIO, where: str, name: str) -> tuple[int, int]:
-    """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) from its
-    header alone (no pixel is decoded): what token counts need of an image. Raises
-    ``BadSampleError`` like ``open_image`` for a missing file or an unreadable header."""
+def image_size(
+    file: Path | BinaryIO, where: str, name: str, max_pixels: int | None = MAX_PIXELS
+) -> tuple[int, int]:
+    """The ``(height, width)`` of the image in ``file`` (a path or a binary stream) as
+    ``decode_image`` gives it, from its header alone (``data.images.image_size``): what token
+    counts need of an image. Raises ``BadSampleError`` like ``decode_image``, and for a
+    missing file."""
     try:
-        with Image.open(file) as image:
-            width, height = image.size
+        return images.image_size(file, max_pixels)
     except (FileNotFoundError, IsADirectoryError):
         raise BadSampleError("missing_file", f"{where}: image {name} not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except images.ImageTooLarge as error:
+        raise BadSampleError("image_too_large", f"{where}: image {name}: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise BadSampleError(
             "unreadable_image", f"{where}: cannot read image {name}: {error}"
         ) from error
-    return height, width
 
 
 class JSONSource(Dataset):
@@ -255,6 +331,8 @@ class JSONSource(Dataset):
         image_root: the folder image paths are relative to (default: the file's folder).
         index_dir: the folder for the record index (default: beside the file, see
             ``RecordIndex.open``).
+        max_image_pixels: images with more pixels are bad samples (``image_too_large``);
+            None: no limit but Pillow's.
 
     Raises:
         ValueError: the file is missing, holds no record, or is a ``.json`` file that is not
@@ -270,6 +348,7 @@ class JSONSource(Dataset):
         format: Format = "conversation",
         image_root: str | os.PathLike | None = None,
         index_dir: str | os.PathLike | None = None,
+        max_image_pixels: int | None = MAX_PIXELS,
     ) -> None:
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
@@ -277,6 +356,7 @@ class JSONSource(Dataset):
         self.format = format
         self.image_root = Path(image_root) if image_root is not None else self.path.parent
         self.index = RecordIndex.open(self.path, index_dir)
+        self.max_image_pixels = max_image_pixels
         if not len(self.index):
             raise ValueError(f"{self.path}: no records")
 
@@ -296,13 +376,14 @@ class JSONSource(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         where, sample_id, turns, paths = self.read(index)
-        images = [open_image(path, where) for path in paths]
-        return Sample(turns=turns, images=images, id=sample_id)
+        pictures = [open_image(path, where, self.max_image_pixels) for path in paths]
+        return Sample(turns=turns, images=pictures, id=sample_id)
 
     def outline(self, index: int) -> SampleOutline:
         """Sample ``index``'s turns and image sizes, from the images' headers (no decoding)."""
         where, _, turns, paths = self.read(index)
-        return SampleOutline(turns, [image_size(path, where, str(path)) for path in paths])
+        sizes = [image_size(path, where, str(path), self.max_image_pixels) for path in paths]
+        return SampleOutline(turns, sizes)
 
 
 def is_record_file(path: str) -> bool:
@@ -315,11 +396,12 @@ def open_source(
     format: Format = "conversation",
     image_root: str | None = None,
     index_dir: str | None = None,
+    max_image_pixels: int | None = MAX_PIXELS,
 ) -> Dataset:
     """The source a mixture's ``Source`` names: a ``JSONSource`` for a ``.json``/``.jsonl``
     file, else a ``StreamingSource`` (a folder or URL of litdata chunks, ``data.stream``)."""
     if is_record_file(path):
-        return JSONSource(path, format, image_root, index_dir)
+        return JSONSource(path, format, image_root, index_dir, max_image_pixels)
     if image_root is not None:
         raise ValueError(f"{path}: images are stored in the chunks; image_root must be unset")
     from mm15_components.data.stream import StreamingSource

@@ -53,6 +53,32 @@ class Source:
     synthetic: str | None = None
 
 
+class StaleWeightsError(ValueError):
+    """Weights for groups or categories that no source has: typically a recipe's weights
+    left behind when its source list was replaced. ``for_key`` says what to pass."""
+
+    def __init__(
+        self, groups: list[str], categories: list[str], known_groups: list[str], known: list[str]
+    ) -> None:
+        self.groups, self.categories = groups, categories
+        self.known_groups, self.known_categories = known_groups, known
+        super().__init__(self.for_key("mixture"))
+
+    def for_key(self, key: str) -> str:
+        """The message for the mixture at config key ``key`` (e.g. ``data.init_args.train``)."""
+        stale = [
+            f"{kind} {names}"
+            for kind, names in (("groups", self.groups), ("categories", self.categories))
+            if names
+        ]
+        return (
+            f"{key}: weights for {' and '.join(stale)}, which no source has (the sources have "
+            f"groups {self.known_groups}, categories {self.known_categories}); when replacing "
+            f"the sources, reset the weights of the old ones with --{key}.groups={{}} "
+            f"--{key}.categories={{}}, or give weights for the new groups and categories"
+        )
+
+
 @dataclass
 class Mixture:
     """Sources with group and category weights (missing weights are 1.0).
@@ -79,9 +105,10 @@ class Mixture:
             if group_of[source.category] != source.group:
                 raise ValueError(f"category {source.category!r} is in two groups")
         groups = sorted(set(group_of.values()))
-        unknown = (set(self.groups) - set(groups)) | (set(self.categories) - set(group_of))
-        if unknown:
-            raise ValueError(f"weights given for groups or categories without sources: {unknown}")
+        stale_groups = sorted(set(self.groups) - set(groups))
+        stale_categories = sorted(set(self.categories) - set(group_of))
+        if stale_groups or stale_categories:
+            raise StaleWeightsError(stale_groups, stale_categories, groups, sorted(group_of))
         group_weight = {g: self.groups.get(g, 1.0) for g in groups}
         category_weight = {c: self.categories.get(c, 1.0) for c in group_of}
         group_total = sum(group_weight.values())
@@ -113,7 +140,8 @@ class MixtureDataset(SeededDataset):
 
     A source raising ``BadSampleError`` goes to ``policy``: under ``skip`` the next sample of
     the same source is tried, and the item records how many were skipped (``skipped``) beside
-    its ``category``.
+    its ``category``. The policy counts reads and bad samples per source (its ``name``, else
+    its category) and stops when a source's bad share passes its limit.
 
     Args:
         sources: datasets of items (dicts), e.g. encoded samples.
@@ -176,11 +204,13 @@ class MixtureDataset(SeededDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         source, sample = self.draw(index)
         dataset = self.sources[source]
+        name = str(getattr(dataset, "name", self.categories[source]))
         for skipped in range(self.max_attempts):
+            self.policy.read(name)
             try:
                 item = dataset[(sample + skipped) % len(dataset)]
             except BadSampleError as error:
-                self.policy.handle(error)
+                self.policy.handle(error, name, len(dataset))
                 continue
             if self._lengths is not None and len(item["input_ids"]) != self._lengths[index]:
                 self._warn_length(index, len(item["input_ids"]))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
+from mm15_components.data.images import load_image
 from mm15_components.data.prompt import question_sample
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
@@ -125,9 +126,8 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         inputs: list[tuple[str, str, Image.Image]] = []
         for index, path in enumerate(self.images):
             try:
-                with Image.open(path) as file:
-                    image = file.convert("RGB")
-            except OSError as error:
+                image = load_image(path)
+            except (OSError, ValueError, SyntaxError) as error:
                 raise ValueError(f"QueryDataModule: cannot read image {path!r}: {error}") from error
             inputs.append((path, f"{Path(path).stem}_{index:03d}", image))
         if self.video is not None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mm15_components.data.images import load_image
 from mm15_components.data.schema import Turn
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
@@ -123,9 +124,8 @@ def _sample_folder(folder: Path, num_frames: int, fps: float) -> SampledClip:
             frames[slot] = frames[slot - 1]
             continue
         try:
-            with Image.open(files[index]) as image:
-                rgb = image.convert("RGB")
-        except OSError as error:
+            rgb = load_image(files[index])
+        except (OSError, ValueError, SyntaxError) as error:
             raise VideoDecodeError(f"{files[index]}: cannot read image: {error}") from error
         if frames is None:
             frames = torch.empty((num_frames, 3, rgb.height, rgb.width), dtype=torch.uint8)

@@ -8,6 +8,7 @@ are decoded or rendered per sample, in ``__getitem__``, so memory does not grow 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,26 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
-from mm15_components.data.formats import ROLES, read_json_records
+from mm15_components.data.formats import (
+    ROLES,
+    BadSampleError,
+    BadSamplePolicy,
+    OnBadSample,
+    check_answers,
+    read_json_records,
+)
 from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic.dataset import SeededDataset, sampling_probabilities
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
 from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
 from mm15_components.grounding.codec import BoxCodec
+
+
+class BadVideoError(BadSampleError, VideoDecodeError):
+    """A video that cannot be used: a bad sample (``unreadable_video``, ``video_too_short``)
+    for the policy, and a ``VideoDecodeError`` for callers that catch that."""
+
 
 VIDEO_METRIC = "video_acc"
 """Validation scores each video answer by exact match (``ExactMatch``): ``val/video_acc``."""
@@ -93,14 +107,19 @@ class VideoJSONDataset(Dataset):
         num_frames: frames sampled per video (`sample_clip`).
         timestamp_format: text before each frame, see `frame_turns`; None writes none.
         folder_fps: frame rate assumed for frame folders (their timestamps).
-        min_frames: fewest distinct frames a video must have; shorter videos raise (with
-            fewer than ``num_frames`` distinct frames, frames repeat to make up the count).
+        min_frames: fewest distinct frames a video must have; shorter videos are bad samples
+            (``video_too_short``). A video with at least ``min_frames`` but fewer than
+            ``num_frames`` distinct frames is used with frames repeated to make up the count,
+            counted in ``repeated`` and warned about once.
+        policy: what a bad video does (``formats.BadSamplePolicy``): ``raise`` (default), or
+            ``skip`` to the next record, counted against this file's budget.
 
     Raises:
         ValueError: the file is missing or a record is malformed; the message names the file
             and line (``.jsonl``) or record index (``.json``).
-        VideoDecodeError: from ``__getitem__``, when a video is missing, unreadable or too
-            short; the message names the record's line and the video.
+        BadVideoError: from ``__getitem__`` under ``raise``, when a video is missing,
+            truncated, empty, unreadable or too short; the message names the record's line and
+            the video.
     """
 
     def __init__(
@@ -111,6 +130,7 @@ class VideoJSONDataset(Dataset):
         timestamp_format: str | None = None,
         folder_fps: float = 1.0,
         min_frames: int = 1,
+        policy: BadSamplePolicy | None = None,
     ) -> None:
         if not 1 <= min_frames <= num_frames:
             raise ValueError(f"need 1 <= min_frames <= num_frames, got {min_frames}, {num_frames}")
@@ -120,25 +140,47 @@ class VideoJSONDataset(Dataset):
         self.timestamp_format = timestamp_format
         self.folder_fps = folder_fps
         self.min_frames = min_frames
+        self.policy = policy or BadSamplePolicy("raise")
         self.records = [parse_record(r, where) for r, where in read_json_records(self.path)]
+        self.repeated = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
+        """Record ``index``'s sample; under ``skip``, a bad video's is the next good one's."""
+        for attempt in range(len(self)):
+            self.policy.read(str(self.path))
+            try:
+                return self._read((index + attempt) % len(self))
+            except BadSampleError as error:
+                self.policy.handle(error, str(self.path), len(self))
+        raise BadVideoError("unreadable_video", f"{self.path}: no record has a usable video")
+
+    def _read(self, index: int) -> Sample:
         where, sample_id, video, turns = self.records[index]
         path = self.video_root / video
         try:
             clip = sample_clip(path, self.num_frames, folder_fps=self.folder_fps)
         except VideoDecodeError as error:
-            raise VideoDecodeError(f"{where}: {error}") from error
+            raise BadVideoError("unreadable_video", f"{where}: {error}") from error
         timestamps = clip.timestamps.tolist()
         distinct = len(set(timestamps))
         if distinct < self.min_frames:
-            raise VideoDecodeError(
+            raise BadVideoError(
+                "video_too_short",
                 f"{where}: {path}: {distinct} distinct frame(s), fewer than min_frames="
-                f"{self.min_frames}"
+                f"{self.min_frames}",
             )
+        if distinct < self.num_frames:
+            if not self.repeated:
+                warnings.warn(
+                    f"{where}: {path}: {distinct} distinct frame(s) for num_frames="
+                    f"{self.num_frames}; frames repeat to make up the count (warned once; "
+                    "set min_frames to make such videos bad samples)",
+                    stacklevel=3,
+                )
+            self.repeated += 1
         images = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in clip.frames]
         answer = turns[-1].content
         turns = frame_turns(turns, timestamps, self.timestamp_format, where)
@@ -166,6 +208,7 @@ def parse_record(record: Any, where: str) -> tuple[str, str, str, list[Turn]]:
         turns.append(Turn(ROLES[message["from"]], message["value"]))
     if turns[-1].role != "assistant":
         raise ValueError(f"{where}: the conversation must end with a 'gpt' message")
+    check_answers(turns, where)
     frame_turns(turns, [], where=where)  # checks the placeholder now, not mid-epoch
     return where, str(record.get("id", where)), video, turns
 
@@ -190,7 +233,11 @@ class VideoDataModule(SyntheticDataModule):
         timestamp_format: text before each frame, formatted with ``seconds`` and ``index``,
             e.g. ``"{seconds:.1f} s:"``; None writes none.
         folder_fps: frame rate assumed for JSON records that point at frame folders.
-        min_frames: fewest distinct frames a JSON video must have.
+        min_frames: fewest distinct frames a JSON video must have (``VideoJSONDataset``).
+        on_bad_sample: ``raise`` stops at a missing, truncated, empty or too short video;
+            ``skip`` moves to the next record and counts it.
+        max_bad_fraction: under ``skip``, the largest share of a file's videos that may be
+            bad (``formats.BadSamplePolicy``).
         questions: synthetic question kind -> weight (``direction``, ``order``, ``count``).
         fps: frame rate of the synthetic clips (their timestamps).
         train_samples / val_samples: synthetic split sizes.
@@ -212,6 +259,8 @@ class VideoDataModule(SyntheticDataModule):
         timestamp_format: str | None = None,
         folder_fps: float = 1.0,
         min_frames: int = 1,
+        on_bad_sample: OnBadSample = "skip",
+        max_bad_fraction: float = 0.1,
         questions: dict[str, float] | None = None,
         fps: float = 2.0,
         train_samples: int = 100_000,
@@ -239,8 +288,15 @@ class VideoDataModule(SyntheticDataModule):
 
         def source(json_path: str | None, size: int, split: str) -> Dataset:
             if json_path is not None:
+                policy = BadSamplePolicy(on_bad_sample, max_bad_fraction)
                 return VideoJSONDataset(
-                    json_path, video_root, num_frames, timestamp_format, folder_fps, min_frames
+                    json_path,
+                    video_root,
+                    num_frames,
+                    timestamp_format,
+                    folder_fps,
+                    min_frames,
+                    policy,
                 )
             return MotionDataset(
                 size, image_size, num_frames, questions, seed, split, fps, timestamp_format

@@ -54,6 +54,7 @@ class OpenCLIPVisionEncoder(nn.Module):
             raise ValueError(f"feature_layer={feature_layer} out of range for {num_blocks} blocks")
         visual.prune_intermediate_layers([layer], prune_norm=True, prune_head=True)
         self.visual = visual
+        self.pretrained = bool(pretrained)
         self.model_name = model_name
         if image_size is not None and image_size != self.image_size:
             self.resize_position_embedding(image_size)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from mm15_components.data.images import load_image
 from mm15_components.vision.anyres import AnyResSplitter, TileLayout
 
 __all__ = ["describe_layout", "draw_tiles", "inspect_image"]
@@ -76,9 +77,8 @@ def inspect_image(
     """
     path = Path(path)
     try:
-        with Image.open(path) as file:
-            image = file.copy()  # decodes now, so a truncated file fails here
-    except OSError as error:
+        image = load_image(path)  # as training reads it: turned upright, 8-bit RGB
+    except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot read image file {str(path)!r}: {error}") from error
     tiles, layout = splitter(image)
     report = describe_layout(layout, tokens_per_image)
