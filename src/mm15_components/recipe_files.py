@@ -20,7 +20,7 @@ CONFIG_FLAGS = ("--config", "-c")
 
 
 def packaged_recipes() -> list[str]:
-    """Every packaged recipe, as its path under ``recipes/`` (``video.yaml``, ``models/tiny.yaml``)."""
+    """Every packaged recipe, named by its path under ``recipes/`` (``models/tiny.yaml``)."""
     return sorted(path.relative_to(RECIPES_DIR).as_posix() for path in RECIPES_DIR.rglob("*.yaml"))
 
 
