@@ -41,7 +41,7 @@ def test_custom_connector_plugs_in_by_class_path(tmp_path, monkeypatch):
     (config,) = tmp_path.rglob("config.yaml")
     model = yaml.safe_load(config.read_text())["model"]["init_args"]["model"]["init_args"]
     assert model["connector"]["class_path"] == "my_connectors.NormedMLPProjector"
-    (checkpoint,) = tmp_path.rglob("last.ckpt")
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
     weights = torch.load(checkpoint, weights_only=True)["state_dict"]
     in_dim = weights["model.connector.mlp.0.weight"].shape[1]  # the vision width
     assert weights["model.connector.norm.weight"].shape == (in_dim,)
@@ -57,7 +57,7 @@ def test_own_data_trains_the_tiny_model(tmp_path, monkeypatch):
     assert [r for r in csv.DictReader(metrics.open()) if r["val/loss"]]  # on val.jsonl
     # the model is sized to the data's own tokenizer: 4 specials, 0..999, 16 punctuation
     # marks, the 7 words make_data.py writes, <image>
-    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    checkpoint = next(tmp_path.rglob("*.ckpt"))  # any of them: same vocabulary
     weights = torch.load(checkpoint, weights_only=True)["state_dict"]
     (embeddings,) = [w for name, w in weights.items() if name.endswith("embed_tokens.weight")]
     assert embeddings.shape[0] == 4 + 1000 + 16 + 7 + 1
@@ -88,7 +88,7 @@ def test_subclass_module_adds_its_loss_term(anchored_run):
 
 def test_inference_answers_as_mm15_predict_does(anchored_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (checkpoint,) = anchored_run.rglob("last.ckpt")
+    checkpoint = next(anchored_run.rglob("last.ckpt"))
     image = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(image).ellipse((8, 8, 30, 30), fill="red")
     image.save("shapes.png")
