@@ -40,8 +40,8 @@ def test_help_and_module_entry_point():
         text=True,
         check=True,
     ).stdout
-    for command in ("fit", "validate", "test", "predict"):
-        assert command in out
+    for command in ("fit", "validate", "test", "predict", "inspect", "recipes", "data"):
+        assert f"\n    {command} " in out
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)

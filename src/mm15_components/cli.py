@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import yaml
-from jsonargparse import get_loader, set_loader
+from jsonargparse import ArgumentParser, get_loader, set_loader
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mm15_components.checkpoint import LastCheckpoint
+from mm15_components.export import export_command
 from mm15_components.module import MM15Module
+from mm15_components.recipe_files import recipes_command, with_packaged_recipes
 
 PARSER_MODE = "mm15_yaml"
 _load_yaml = get_loader("yaml")
@@ -46,6 +49,14 @@ class MM15CLI(LightningCLI):
         for name in ("tokenizer", "codec"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Lightning's subcommands, and :data:`COMMANDS` listed beside them in ``mm15 --help``
+        (``main`` runs those before LightningCLI parses anything)."""
+        super()._add_subcommands(parser, **kwargs)
+        for name, command in COMMANDS.items():
+            summary = command.__doc__.split("\n\n")[0].replace("``", "")
+            parser._subcommands_action.add_subcommand(name, ArgumentParser(), help=summary)
+
     def before_predict(self) -> None:
         """Predictions from weights nothing trained are noise: say so before making them."""
         config = self.config["predict"]
@@ -70,8 +81,6 @@ def random_weights_warning(module: MM15Module) -> str:
 
 def inspect_command(args: list[str]) -> None:
     """``mm15 inspect IMAGE``: the splitter's plan for one image, and a PNG of its tiles."""
-    from jsonargparse import ArgumentParser
-
     from mm15_components.vision.anyres import AnyResSplitter
     from mm15_components.vision.inspect import inspect_image
 
@@ -85,7 +94,34 @@ def inspect_command(args: list[str]) -> None:
     print(inspect_image(image, AnyResSplitter(**config), tokens, output))
 
 
+def data_command(args: list[str]) -> None:
+    """``mm15 data optimize INPUT OUTPUT_DIR``: a data file and its images into litdata chunks."""
+    from mm15_components.data.stream import optimize_command
+
+    if args[:1] != ["optimize"]:
+        raise SystemExit(
+            "usage: mm15 data optimize INPUT OUTPUT_DIR (see mm15 data optimize --help)"
+        )
+    optimize_command(args[1:])
+
+
+# commands beside LightningCLI's fit/validate/test/predict: name -> function of the arguments
+# that follow the name
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "inspect": inspect_command,
+    "recipes": recipes_command,
+    "data": data_command,
+    "export": export_command,
+}
+
+
 def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
+    """LightningCLI over ``args`` (``sys.argv`` when None), each ``--config`` resolved to a
+    local file or a packaged recipe."""
+    if args is None:
+        sys.argv[1:] = with_packaged_recipes(sys.argv[1:])
+    else:
+        args = with_packaged_recipes(args)
     subcommands = ("fit", "validate", "test", "predict")
     return MM15CLI(
         MM15Module,
@@ -119,16 +155,8 @@ def build_from_config(config: str, *overrides: str) -> tuple[MM15Module, Lightni
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["inspect"]:
-        return inspect_command(argv[1:])
-    if argv[:1] == ["export"]:
-        from mm15_components.export import export_command
-
-        return export_command(argv[1:])
-    if argv[:2] == ["data", "optimize"]:
-        from mm15_components.data.stream import optimize_command
-
-        return optimize_command(argv[2:])
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     _cli(args, save_config_kwargs={"overwrite": True})
 
 

@@ -165,9 +165,9 @@ class ConversationDataModule(SyntheticDataModule):
             refused from their header; None: no limit but Pillow's (``data.images``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
-        codec, image_tokens, splitter, tile_indicators, batch_size, num_workers, seed,
-            shuffle, mean, std, max_tokens, pack: as in ``SyntheticDataModule``; ``seed`` also
-            fixes the mixture's draws.
+        codec, image_tokens, splitter, tile_indicators: as in ``SyntheticDataModule``, and
+            so are batch_size, num_workers, seed, shuffle, mean, std, max_tokens and pack;
+            ``seed`` also fixes the mixture's draws.
     """
 
     tokenizer_words = frozenset(standins.vocabulary())  # the stand-ins write more words
