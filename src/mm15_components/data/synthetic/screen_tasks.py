@@ -77,6 +77,27 @@ class ScreenAsker:
         about (no icon for ``icon``)."""
         return getattr(self, task)(rng, screen)
 
+    def ask_many(
+        self,
+        rng: np.random.Generator,
+        screen: Screen,
+        tasks: list[str],
+        probabilities: np.ndarray,
+        count: int,
+    ) -> list[Question]:
+        """Up to ``count`` questions of tasks drawn with ``probabilities``, no two about the
+        same element (a later turn would give the earlier answer away); fewer when the
+        screen has too little to ask about (``8 * count`` draws at most)."""
+        asked: list[Question] = []
+        for _ in range(8 * count):
+            if len(asked) == count:
+                break
+            task = tasks[int(rng.choice(len(tasks), p=probabilities))]
+            question = self.ask(rng, task, screen)
+            if question is not None and not any(_same_subject(question, q) for q in asked):
+                asked.append(question)
+        return asked
+
     def _where(self, rng: np.random.Generator, element: Element, screen: Screen) -> str:
         size = (screen.height, screen.width)
         if rng.random() < self.points:
@@ -152,8 +173,7 @@ class ScreenAsker:
 
 
 def _same_subject(a: Question, b: Question) -> bool:
-    """Whether two questions are about the same element (or are the same question): a later
-    turn would then give the earlier answer away."""
+    """Whether two questions are the same or about the same element."""
     return a.question == b.question or (a.element is not None and a.element == b.element)
 
 
@@ -180,9 +200,8 @@ class ScreenDataset(SeededDataset):
         width: screen width in pixels (the height follows the device's aspect ratio).
         tasks: task name -> sampling weight (``QUESTIONS``' keys).
         encode_box / encode_point: the codec's writers of pixel boxes and points.
-        questions: questions per screen, each drawn from ``tasks``, no two about the same
-            element (one would give the other's answer away); the last is the one validation
-            scores.
+        questions: questions per screen (``ScreenAsker.ask_many``); the last is the one
+            validation scores.
         widgets / elements / bars / distinct: the screens' layout (``sample_screen``).
         points: share of referring questions that name an element by its centre point.
         widget_baseline: the answer scored beside the model on widget questions (validation's
@@ -225,14 +244,7 @@ class ScreenDataset(SeededDataset):
         """Screen ``index`` and its questions, without drawing it."""
         rng = self.generator(index)
         screen = sample_screen(rng, self.width, **self.layout)
-        asked: list[Question] = []
-        for _ in range(8 * self.questions):
-            if len(asked) == self.questions:
-                break
-            task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
-            question = self.asker.ask(rng, task, screen)
-            if question is not None and not any(_same_subject(question, q) for q in asked):
-                asked.append(question)
+        asked = self.asker.ask_many(rng, screen, self.task_names, self.task_probs, self.questions)
         if not asked:  # every weighted task needs what this screen lacks
             asked.append(self.asker.describe(rng, screen))
         return screen, asked
