@@ -361,7 +361,10 @@ def _icon(draw: ImageDraw.ImageDraw, e: Element, s: Screen) -> None:
 def _text(draw: ImageDraw.ImageDraw, e: Element, s: Screen) -> None:
     x1, y1, x2, y2 = e.box
     size = fitting_size(e.text, x2 - x1, 2 * (y2 - y1))
-    while size > 6 and text_box(e.text, size, 0, 0)[3] - text_box(e.text, size, 0, 0)[1] > y2 - y1:
+    while size > 6:  # the largest size whose ink fits the box (the layout's own size)
+        left, top, right, bottom = text_box(e.text, size, 0, 0)
+        if right - left <= x2 - x1 and bottom - top <= y2 - y1:
+            break
         size -= 1
     left, top, _, _ = font(size).getbbox(e.text)
     draw.text((x1 - left, y1 - top), e.text, fill=s.theme.ink, font=font(size))
