@@ -193,6 +193,8 @@ def sample_screen(
     span = (bottom - top - gap * (count + 1)) * rng.uniform(0.75, 1.0)
     heights = rng.uniform(0.7, 1.3, count)
     heights = np.maximum(3, (heights / heights.sum() * span).astype(int))
+    if heights.sum() + gap * (count + 1) > bottom - top:
+        raise ValueError(f"a {width} px wide screen has no room for {count} elements")
     y = top + gap + int(rng.integers(0, max(1, bottom - top - gap * (count + 1) - heights.sum())))
     for kind, row_h in zip(kinds, heights.tolist(), strict=True):
         placed.append(_place(rng, kind, margin, y, width - margin, row_h, used))
@@ -201,7 +203,7 @@ def sample_screen(
 
 
 def _place(
-    rng: np.random.Generator, kind: str, left: int, top: int, right: int, row_h: int, used: set
+    rng: np.random.Generator, kind: str, left: int, top: int, right: int, row_h: int, used: set[str]
 ) -> Element:
     """One element of ``kind`` inside the row ``left..right`` x ``top..top+row_h``."""
     avail = right - left
