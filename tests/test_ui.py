@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from mm15_components.data import UIDataModule
+from mm15_components.data import UIDataModule, ui_convert
 from mm15_components.data.synthetic.screen_tasks import TASKS, ScreenDataset, describe
 from mm15_components.data.synthetic.screens import (
     BARS,
@@ -255,3 +255,22 @@ def test_ui_metrics_are_in_the_validation_contract():
     assert VALIDATION_METRICS["widget_acc"].build is ReferringAccuracy
     assert VALIDATION_METRICS["ui_grounding_acc"].answer == "box"
     assert VALIDATION_METRICS["taperception_f1"].baseline == "majority"
+
+
+def test_converter_command_writes_records_problems_and_a_summary(tmp_path, capsys):
+    refer = "What's the UI type of the widget <bbox_location0>?"
+    path = write(tmp_path / "ferret.json", [
+        ferret_record(0, refer, "Switch", [[[0, 0, 100, 100]], []]),
+        ferret_record(1, refer, "Hologram", [[[0, 0, 100, 100]], []]),
+    ])  # fmt: skip
+    output, problems = tmp_path / "out.jsonl", tmp_path / "problems.txt"
+    ui_convert.main(["ferret-ui", str(path), "--output", str(output),
+                     "--problems", str(problems)])  # fmt: skip
+    (line,) = output.read_text().splitlines()
+    assert json.loads(line)["conversations"][1] == {"from": "gpt", "value": "toggle"}
+    assert problems.read_text() == (
+        f"{path} record 1: unknown_class: widget class 'Hologram' is not in the class map\n"
+    )
+    assert capsys.readouterr().out.strip() == (
+        "1 records, 0 boxes clamped to the screen, 1 skipped (1 unknown_class)"
+    )
