@@ -30,6 +30,7 @@ COMPOSITIONS = [
     ],
     ("models/tiny.yaml", "stages/sft.yaml", "data/synthetic.yaml", "snippets/random_init.yaml"),
     ("quickstart.yaml", "snippets/predict.yaml"),
+    ("models/mm15_1b.yaml", "stages/ui.yaml", "data/ui_ferret.yaml"),
 ]  # fmt: skip
 
 

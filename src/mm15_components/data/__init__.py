@@ -4,6 +4,7 @@ from mm15_components.data.datamodule import SyntheticDataModule
 from mm15_components.data.mixture import Mixture, Source
 from mm15_components.data.query import QueryDataModule
 from mm15_components.data.schema import Sample, Turn
+from mm15_components.data.ui import UIDataModule
 from mm15_components.data.video_datamodule import VideoDataModule
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "Source",
     "SyntheticDataModule",
     "Turn",
+    "UIDataModule",
     "VideoDataModule",
 ]

@@ -7,6 +7,7 @@ from mm15_components.metrics.answers import (
     choice_letter,
 )
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU, box_iou
+from mm15_components.metrics.ui import ReferringAccuracy, TaperceptionF1
 from mm15_components.metrics.validation import VALIDATION_METRICS, ValidationMetric
 from mm15_components.metrics.vqa import normalize_vqa_answer
 
@@ -16,7 +17,9 @@ __all__ = [
     "ExactMatch",
     "GroundingAccuracy",
     "MeanIoU",
+    "ReferringAccuracy",
     "RelaxedAccuracy",
+    "TaperceptionF1",
     "VALIDATION_METRICS",
     "VQAAccuracy",
     "ValidationMetric",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
 from torchmetrics import Metric
 
 from mm15_components.metrics.answers import ANLS, ExactMatch, RelaxedAccuracy, VQAAccuracy
 from mm15_components.metrics.grounding import GroundingAccuracy, MeanIoU
+from mm15_components.metrics.ui import ReferringAccuracy, TaperceptionF1
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ VALIDATION_METRICS: dict[str, ValidationMetric] = {
     "vqa_acc": ValidationMetric(VQAAccuracy, "text"),
     "relaxed_acc": ValidationMetric(RelaxedAccuracy, "text"),
     "exact_match": ValidationMetric(ExactMatch, "text"),
-    "widget_acc": ValidationMetric(partial(ExactMatch, choices=False), "text"),
+    "widget_acc": ValidationMetric(ReferringAccuracy, "text"),
+    "ui_referring_acc": ValidationMetric(ReferringAccuracy, "text"),
+    "taperception_f1": ValidationMetric(TaperceptionF1, "text"),
     "video_acc": ValidationMetric(ExactMatch, "text"),
 }
 
