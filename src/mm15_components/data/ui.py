@@ -34,7 +34,8 @@ class UIDataModule(SyntheticDataModule):
         distinct: no content class twice on a screen.
         points: share of referring questions naming an element by its centre point.
         train_questions: questions per training screen (one turn each).
-        Others as in ``SyntheticDataModule``.
+
+    The other arguments are ``SyntheticDataModule``'s.
     """
 
     tokenizer_words = frozenset(vocabulary())
