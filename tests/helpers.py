@@ -23,6 +23,21 @@ TINY_LLAMA = dict(
 )
 
 
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""A ChatML template, the shape of Qwen's, for tokenizers built in the tests."""
+
+
+def build_chatml_tokenizer(words):
+    """A word-level tokenizer of ``words`` with its own ChatML chat template."""
+    tokenizer = build_word_tokenizer([*words, "user", "assistant"])
+    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
 def tiny_model(pool: int = 2) -> MM15Model:
     return MM15Model(
         OpenCLIPVisionEncoder("mm15-tiny-vit"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_module
+from helpers import build_chatml_tokenizer, tiny_module
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 
@@ -18,17 +18,12 @@ from mm15_components.data import ConversationDataModule, Mixture, Source
 from mm15_components.data.prompt import question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
 from mm15_components.export import export_pretrained
-from mm15_components.language import build_word_tokenizer
 from mm15_components.pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER
 from mm15_components.weights import EXPORT_WEIGHTS, read_weights, save_weights
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 QUICKSTART = str(RECIPES / "quickstart.yaml")
 QUESTION = "Where is the red circle?"
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 
 
@@ -102,9 +97,7 @@ def test_loglikelihood_ranks_the_greedy_word_first(exported, images):
 def test_chat_asks_in_the_tokenizers_own_template_as_training_does(tmp_path):
     """A tokenizer with its own chat template: the exported model's prompt is the prompt of a
     training conversation with that question and image, token for token."""
-    tokenizer = build_word_tokenizer(vocabulary() | {"user", "assistant"})
-    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
-    tokenizer.chat_template = CHATML
+    tokenizer = build_chatml_tokenizer(vocabulary())
     tokenizer.save_pretrained(tmp_path / "tok")
     recipe = [f"--data.init_args.tokenizer={tmp_path / 'tok'}"]
     module, _ = build_from_config(QUICKSTART, *recipe)

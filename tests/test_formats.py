@@ -2,6 +2,7 @@ import json
 import warnings
 
 import pytest
+from helpers import build_chatml_tokenizer
 from PIL import Image
 
 from mm15_components.data.collate import SampleEncoder
@@ -17,11 +18,6 @@ from mm15_components.data.schema import Turn
 from mm15_components.language import IMAGE_TOKEN, ChatTemplate, build_word_tokenizer
 from mm15_components.language.chat import IGNORE_INDEX, TokenizerChatTemplate, chat_template_for
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -32,10 +28,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def chatml_tokenizer():
-    tok = build_word_tokenizer(["user", "assistant", "Where", "is", "it", "here", "and"])
-    tok.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
-    tok.chat_template = CHATML
-    return tok
+    return build_chatml_tokenizer(["Where", "is", "it", "here", "and"])
 
 
 def answered(tok, enc):

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import pytest
+from helpers import CHATML
 from PIL import Image, ImageFile
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -20,10 +21,6 @@ from mm15_components.language.tokenizer import add_image_token
 from mm15_components.vision import AnyResSplitter
 
 WORDS = "the a cat dog sits on mat what where is it red blue box two three sign reads".split()
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,15 @@ import json
 
 import pytest
 import torch
+from helpers import build_chatml_tokenizer
 from PIL import Image
 
 from mm15_components.data import ConversationDataModule, Mixture, QueryDataModule, Source
 from mm15_components.data.datamodule import SyntheticDataModule
 from mm15_components.data.prompt import question_sample, question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
-from mm15_components.language import IMAGE_TOKEN, build_word_tokenizer
+from mm15_components.language import IMAGE_TOKEN
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 QUESTION = "Where is the red circle?"
 
 
@@ -53,9 +50,7 @@ def test_predict_prompt_equals_the_training_prompt_with_the_word_tokenizer(tmp_p
 
 
 def test_predict_prompt_equals_the_training_prompt_in_the_tokenizers_template(tmp_path):
-    tokenizer = build_word_tokenizer(vocabulary() | {"user", "assistant"})
-    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
-    tokenizer.chat_template = CHATML
+    tokenizer = build_chatml_tokenizer(vocabulary())
     tokenizer.save_pretrained(tmp_path / "tok")
     image = Image.new("RGB", (64, 48), (10, 200, 30))
     image.save(tmp_path / "train.png")
