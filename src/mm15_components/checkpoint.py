@@ -174,7 +174,7 @@ class LastCheckpoint(Callback):
         if _saves_folder(trainer):
             _save_folder(trainer, path)
         else:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state
         self._saved_step, self._saved_time = trainer.global_step, time.monotonic()
 
     def _restore_handlers(self) -> None:
@@ -200,7 +200,7 @@ def _save_folder(trainer: pl.Trainer, path: Path) -> None:
     if trainer.is_global_zero:
         _remove(partial)
     trainer.strategy.barrier()
-    trainer.save_checkpoint(partial)
+    trainer.save_checkpoint(partial, weights_only=False)
     if trainer.is_global_zero:
         old = _old_path(path)
         _remove(old)
