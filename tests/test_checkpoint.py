@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from mm15_components.checkpoint import AtomicCheckpointIO, partial_path
-from mm15_components.cli import main
 
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
 END = 8
@@ -57,19 +56,31 @@ def last(root: Path) -> Path:
     return root / "checkpoints" / "last.ckpt"
 
 
-def fit_in_process(root: Path, resume: bool = False) -> dict:
+def command(args: list[str]) -> list[str]:
+    """``mm15 ARGS`` in a process of its own, as a user runs it: every run compared here
+    starts from the same fresh process state."""
+    return [sys.executable, "-m", "mm15_components", *args]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def fit_to_end(root: Path, resume: bool = False) -> dict:
+    """``mm15 fit`` to step ``END`` (resumed from ``last.ckpt``), and its last checkpoint."""
     args = fit_args(root, END, every=0)
-    main(args + [f"--ckpt_path={last(root)}"] if resume else args)
+    args += [f"--ckpt_path={last(root)}"] if resume else []
+    run = subprocess.run(command(args), env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(last(root), weights_only=False)
 
 
 def start(root: Path, every: int) -> subprocess.Popen:
     """``mm15 fit`` in a process of its own, running far past ``END``."""
     root.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "mm15_components", *fit_args(root, 1000, every)]
     with open(root / "log.txt", "wb") as log:  # the child writes to its own copy
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command(fit_args(root, 1000, every)), env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def wait_for_step(process: subprocess.Popen, root: Path, step: int, timeout: float = 240) -> int:
@@ -88,7 +99,7 @@ def wait_for_step(process: subprocess.Popen, root: Path, step: int, timeout: flo
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
-    return fit_in_process(tmp_path_factory.mktemp("straight"))
+    return fit_to_end(tmp_path_factory.mktemp("straight"))
 
 
 def assert_same_weights(actual: dict, expected: dict) -> None:
@@ -107,7 +118,7 @@ def test_sigkill_during_a_step_resumes_exactly(tmp_path, reference):
     assert process.wait() == -signal.SIGKILL
     saved = torch.load(last(tmp_path / "run"), weights_only=False)["global_step"]
     assert 2 <= saved < END
-    assert_same_weights(fit_in_process(tmp_path / "run", resume=True), reference)
+    assert_same_weights(fit_to_end(tmp_path / "run", resume=True), reference)
 
 
 @pytest.mark.slow
@@ -128,7 +139,7 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, reference
     process.wait()
     assert partial.exists()  # the cut write is left; last.ckpt is the previous one, whole
     assert torch.load(last(root), weights_only=False)["global_step"] == before < END
-    assert_same_weights(fit_in_process(root, resume=True), reference)
+    assert_same_weights(fit_to_end(root, resume=True), reference)
     assert not partial.exists()
 
 
@@ -144,7 +155,7 @@ def test_stop_signal_saves_the_current_step_and_exits_nonzero(tmp_path, referenc
     assert first < saved < END  # saved at the step the signal found, not the periodic one
     assert not partial_path(last(root)).exists()
     if signum == signal.SIGTERM:  # the same code path: resuming once is enough
-        assert_same_weights(fit_in_process(root, resume=True), reference)
+        assert_same_weights(fit_to_end(root, resume=True), reference)
 
 
 def test_atomic_write_keeps_the_old_file_when_a_save_fails(tmp_path):
