@@ -5,9 +5,12 @@ import resource
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
 
 from mm15_components import MM15Model, MM15Module
 from mm15_components.connectors import MLPProjector
+from mm15_components.data import ConversationDataModule, Mixture, Source
+from mm15_components.data.prompt import question_turn
 from mm15_components.language import CausalLM, build_word_tokenizer
 from mm15_components.vision import OpenCLIPVisionEncoder
 
@@ -36,6 +39,23 @@ def build_chatml_tokenizer(words):
     tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
     tokenizer.chat_template = CHATML
     return tokenizer
+
+
+def training_turn(folder: Path, question: str, tokenizer: str, **data_args) -> tuple:
+    """A green image and the encoded training sample of one conversation asking ``question``
+    about it (``folder`` holds its files): what a prompt at inference must reproduce."""
+    image = Image.new("RGB", (64, 48), (10, 200, 30))
+    image.save(folder / "train.png")
+    turns = [
+        {"from": "human", "value": question_turn(question).content},
+        {"from": "gpt", "value": "[100, 200, 300, 400]"},
+    ]
+    record = {"id": "r0", "image": "train.png", "conversations": turns}
+    (folder / "sft.json").write_text(json.dumps([record]))
+    mixture = Mixture([Source("refer_ground", path=str(folder / "sft.json"))])
+    data = ConversationDataModule(mixture, tokenizer=tokenizer, val_samples=1, **data_args)
+    data.setup("validate")
+    return image, data.val_set[0]
 
 
 def tiny_model(pool: int = 2) -> MM15Model:

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import build_chatml_tokenizer, tiny_module
+from helpers import build_chatml_tokenizer, tiny_module, training_turn
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 
 from mm15_components import load_pretrained
 from mm15_components.cli import build_from_config, main
-from mm15_components.data import ConversationDataModule, Mixture, Source
-from mm15_components.data.prompt import question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
 from mm15_components.export import export_pretrained
 from mm15_components.pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER
@@ -106,23 +104,7 @@ def test_chat_asks_in_the_tokenizers_own_template_as_training_does(tmp_path):
     main(["export", "--config", QUICKSTART, *recipe, *paths])
     pretrained = load_pretrained(tmp_path / "exported")
 
-    image = Image.new("RGB", (64, 48), (10, 200, 30))
-    image.save(tmp_path / "train.png")
-    record = {
-        "id": "r0",
-        "image": "train.png",
-        "conversations": [
-            {"from": "human", "value": question_turn(QUESTION).content},
-            {"from": "gpt", "value": "[100, 200, 300, 400]"},
-        ],
-    }
-    (tmp_path / "sft.json").write_text(json.dumps([record]))
-    mixture = Mixture([Source("refer_ground", path=str(tmp_path / "sft.json"))])
-    data = ConversationDataModule(
-        mixture, tokenizer=str(tmp_path / "tok"), val_samples=1, image_tokens=64
-    )
-    data.setup("validate")
-    trained = data.val_set[0]
+    image, trained = training_turn(tmp_path, QUESTION, str(tmp_path / "tok"), image_tokens=64)
     asked = pretrained.encode([image], QUESTION)
     prompt = asked["input_ids"][: asked["prompt_length"]].tolist()
     assert prompt == trained["input_ids"][: trained["prompt_length"]].tolist()

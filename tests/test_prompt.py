@@ -1,11 +1,8 @@
-import json
-
 import pytest
 import torch
-from helpers import build_chatml_tokenizer
-from PIL import Image
+from helpers import build_chatml_tokenizer, training_turn
 
-from mm15_components.data import ConversationDataModule, Mixture, QueryDataModule, Source
+from mm15_components.data import QueryDataModule
 from mm15_components.data.datamodule import SyntheticDataModule
 from mm15_components.data.prompt import question_sample, question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
@@ -52,27 +49,13 @@ def test_predict_prompt_equals_the_training_prompt_with_the_word_tokenizer(tmp_p
 def test_predict_prompt_equals_the_training_prompt_in_the_tokenizers_template(tmp_path):
     tokenizer = build_chatml_tokenizer(vocabulary())
     tokenizer.save_pretrained(tmp_path / "tok")
-    image = Image.new("RGB", (64, 48), (10, 200, 30))
-    image.save(tmp_path / "train.png")
-    record = {
-        "id": "r0",
-        "image": "train.png",
-        "conversations": [
-            {"from": "human", "value": question_turn(QUESTION).content},
-            {"from": "gpt", "value": "[100, 200, 300, 400]"},
-        ],
-    }
-    (tmp_path / "sft.json").write_text(json.dumps([record]))
-    mixture = Mixture([Source("refer_ground", path=str(tmp_path / "sft.json"))])
-    data = ConversationDataModule(mixture, tokenizer=str(tmp_path / "tok"), val_samples=1)
-    data.setup("validate")
-    trained = data.val_set[0]
+    image, trained = training_turn(tmp_path, QUESTION, str(tmp_path / "tok"))
     asked = predict_item(tmp_path, image, QUESTION, tokenizer=str(tmp_path / "tok"))
     assert prompt_of(asked) == prompt_of(trained)
-    tokens = data.tokenizer.convert_ids_to_tokens(prompt_of(asked))
+    tokens = tokenizer.convert_ids_to_tokens(prompt_of(asked))
     assert tokens[:2] == ["<|im_start|>", "user"] and tokens[-2:] == ["<|im_start|>", "assistant"]
     assert tokens.index("?") < tokens.index(IMAGE_TOKEN)  # question first, then the image
     plain = predict_item(
         tmp_path, image, QUESTION, tokenizer=str(tmp_path / "tok"), use_tokenizer_template=False
     )
-    assert data.tokenizer.convert_ids_to_tokens(prompt_of(plain))[:2] == ["User", ":"]
+    assert tokenizer.convert_ids_to_tokens(prompt_of(plain))[:2] == ["User", ":"]
