@@ -378,24 +378,26 @@ def test_other_pil_modes_are_converted() -> None:
         expected, _ = splitter(converted.convert("RGB"))
         torch.testing.assert_close(splitter(converted)[0], expected, atol=0, rtol=0)
     palette = rgb.convert("P")
-    palette.info["transparency"] = 0
-    expected, _ = splitter(palette.convert("RGBA"))
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    rgba = np.array(palette.convert("RGBA"))
+    assert set(np.unique(rgba[..., 3])) == {0, 255}  # palette transparency: all or nothing
+    on_white = np.where(rgba[..., 3:] == 0, 255, rgba[..., :3]).astype(np.uint8)
+    expected, _ = splitter(Image.fromarray(on_white))
     torch.testing.assert_close(splitter(palette)[0], expected, atol=0, rtol=0)
 
 
-def test_sixteen_bit_and_float_pil_modes() -> None:
+def test_sixteen_bit_and_float_pil_modes_are_scaled_by_their_range_as_the_loader_does() -> None:
     splitter = AnyResSplitter(tile_size=16)
     deep = np.random.randint(0, 65536, size=(21, 33)).astype(np.uint16)
-    expected, _ = splitter(torch.from_numpy(deep.astype(np.float32) / 65535)[None])
-    torch.testing.assert_close(splitter(Image.fromarray(deep))[0], expected)
-    torch.testing.assert_close(splitter(Image.fromarray(deep.astype(np.int32)))[0], expected)
-    unit = np.random.rand(21, 33).astype(np.float32)
-    expected, _ = splitter(torch.from_numpy(unit)[None])
-    torch.testing.assert_close(splitter(Image.fromarray(unit))[0], expected)
-    with pytest.raises(ValueError, match="outside 0..65535"):
-        splitter(Image.fromarray(np.full((4, 4), -3, dtype=np.int32)))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        splitter(Image.fromarray(unit * 255))
+    deep[0, 0], deep[0, 1] = 1000, 61000  # the range: 1000 -> 0, 61000 -> 255
+    deep = deep.clip(1000, 61000)
+    grey = np.rint((deep.astype(np.float64) - 1000) * 255 / 60000).astype(np.uint8)
+    expected, _ = splitter(torch.from_numpy(grey)[None])
+    torch.testing.assert_close(splitter(Image.fromarray(deep))[0], expected, atol=0, rtol=0)
+    wide = Image.fromarray(deep.astype(np.int32))
+    torch.testing.assert_close(splitter(wide)[0], expected, atol=0, rtol=0)
+    unit = (deep.astype(np.float32) - 1000) / 60000 * 3 - 1  # any float range
+    torch.testing.assert_close(splitter(Image.fromarray(unit))[0], expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ from PIL import Image
 from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from mm15_components.data.collate import SampleEncoder, collate
-from mm15_components.data.images import to_rgb
 from mm15_components.data.prompt import question_sample
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
@@ -40,6 +39,7 @@ from mm15_components.language.chat import (
 from mm15_components.language.tokenizer import IMAGE_TOKEN, load_tokenizer
 from mm15_components.model import MM15Model
 from mm15_components.vision.anyres import AnyResSplitter
+from mm15_components.vision.pixels import to_rgb
 from mm15_components.weights import EXPORT_WEIGHTS, load_weights_from
 
 EXPORT_CONFIG = "mm15.json"

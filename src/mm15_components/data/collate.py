@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from mm15_components.data.images import to_rgb
 from mm15_components.data.schema import Box, Sample, SampleOutline
 from mm15_components.language.chat import (
     IGNORE_INDEX,
@@ -26,6 +25,7 @@ from mm15_components.vision.anyres import (
     TileLayout,
     tile_indicator_text,
 )
+from mm15_components.vision.pixels import to_rgb
 
 
 def image_to_tensor(

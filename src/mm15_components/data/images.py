@@ -2,12 +2,9 @@
 validation, benchmarks, ``mm15 predict``, ``mm15 inspect`` and video frame folders.
 
 - EXIF orientation is applied (the picture is turned as a viewer shows it).
-- 16-bit and 32-bit integer and float greyscale (``I;16``, ``I``, ``F``) is scaled to 8 bits
-  by the image's own range, its least value black and its greatest white (an image of one
-  value is black).
-- Transparency (an alpha channel, or a palette or colour key with a transparent entry) is
-  composited on ``BACKGROUND``, white.
-- Palette, CMYK and the other modes are converted by Pillow.
+- Every mode becomes 8-bit RGB by ``vision.pixels.to_rgb``, which ``AnyResSplitter`` uses
+  for PIL input too: 16-bit and float greyscale scaled by the image's range, transparency
+  composited on white, palette, CMYK and the rest converted by Pillow.
 - An image of more than ``max_pixels`` pixels is refused (``ImageTooLarge``) from its header,
   before any pixel is decoded.
 
@@ -25,11 +22,10 @@ import os
 import warnings
 from typing import BinaryIO
 
-import numpy as np
 from PIL import ExifTags, Image, PngImagePlugin
 
-BACKGROUND = (255, 255, 255)
-"""What transparent pixels become: white."""
+from mm15_components.vision.pixels import to_rgb
+
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 """Default pixel limit: Pillow's (89.5 MP, 4 times MM1.5's largest 2016 x 2016 input).
 Pillow itself refuses images over twice its limit whatever is asked here."""
@@ -43,8 +39,6 @@ _TRANSPOSE = {
     8: (Image.Transpose.ROTATE_90,),
 }
 """EXIF orientation -> the transposition that shows the picture upright."""
-_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 
 File = str | os.PathLike | BinaryIO
 
@@ -90,20 +84,6 @@ def orientation(image: Image.Image) -> int:
         exif = image.getexif()
     value = exif.get(ExifTags.Base.Orientation, 1)
     return value if value in range(1, 9) else 1
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` (decoded, any mode) as 8-bit RGB, as the module docstring says."""
-    if image.mode in _HIGH_DEPTH:
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
-        image = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
-    if image.mode in _ALPHA or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _open(file: File, max_pixels: int | None) -> Image.Image:

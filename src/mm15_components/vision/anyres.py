@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mm15_components.vision.pixels import to_rgb
+
 __all__ = [
     "GRID_POLICIES",
     "OPENAI_CLIP_MEAN",
@@ -43,8 +45,7 @@ ImageInput = torch.Tensor | Image.Image
 
 _OVERVIEW_POSITIONS = ("before", "after", "none")
 _INTERPOLATIONS = ("bicubic", "bilinear")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-# PIL modes read directly; every other mode goes through PIL's own conversion to RGB(A).
+# PIL modes read directly; every other mode goes through ``pixels.to_rgb``.
 _DIRECT_MODES = ("RGB", "RGBA", "L", "LA")
 
 
@@ -407,28 +408,18 @@ def to_rgb_tensor(image: ImageInput) -> torch.Tensor:
 
 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """CHW tensor of a PIL image in any mode; 16-bit modes become float in [0, 1]."""
-    mode = image.mode
+    """CHW uint8 tensor of a PIL image in any mode: RGB, RGBA, L and LA as they are (alpha
+    is composited by ``_to_rgb``), every other mode through ``pixels.to_rgb``, as the data
+    loader converts it."""
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"image has zero size ({image.width}x{image.height}, PIL mode {mode})")
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        # Mode "I" is how PIL opens 16-bit PNGs, so it is read as 16-bit data too.
-        array = np.asarray(image)
-        if mode == "I" and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(
-                f"PIL mode I image has values outside 0..65535 ({array.min()}..{array.max()}); "
-                "only 16-bit data is supported"
-            )
-        return torch.from_numpy(array.astype(np.float32) / 65535).unsqueeze(0)
-    if mode == "F":
-        return torch.from_numpy(np.array(image, dtype=np.float32)).unsqueeze(0)
-    if mode not in _DIRECT_MODES:
-        has_alpha = mode in ("PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
-        target = "RGBA" if has_alpha else "RGB"
+        raise ValueError(
+            f"image has zero size ({image.width}x{image.height}, PIL mode {image.mode})"
+        )
+    if image.mode not in _DIRECT_MODES:
         try:
-            image = image.convert(target)
+            image = to_rgb(image)
         except ValueError as error:
-            raise ValueError(f"cannot convert PIL mode {mode} to {target}: {error}") from error
+            raise ValueError(f"cannot convert PIL mode {image.mode} to RGB: {error}") from error
     array = torch.from_numpy(np.array(image))
     return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
 
