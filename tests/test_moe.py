@@ -12,6 +12,8 @@ from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
 from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
+from mm15_components.moe import adaptive
+from mm15_components.moe.adaptive import ALL_THREADS, GROUPED, MEASURED, PathChooser
 from mm15_components.moe.dispatch import (
     grouped_experts,
     grouped_matmul,
@@ -174,7 +176,9 @@ def test_grouped_mm_backend_matches_reference_loop(routing, activation, width):
 
 
 @pytest.mark.parametrize("skewed", [False, True])
-@pytest.mark.parametrize("workers", [0, 1, 3], ids=["grouped_gemm", "per_expert", "threads"])
+@pytest.mark.parametrize(
+    "workers", [GROUPED, 1, 3, MEASURED], ids=["grouped_gemm", "per_expert", "threads", "measured"]
+)
 def test_grouped_experts_paths_match_reference_loop(workers, skewed):
     num_tokens, top_k, num_experts, hidden, width = 24, 2, 6, 8, 4
     logits = torch.randn(num_tokens, num_experts)
@@ -192,18 +196,52 @@ def test_grouped_experts_paths_match_reference_loop(workers, skewed):
         torch.randn(num_experts, hidden, width) * 0.3,
     ]
     grad = torch.randn(num_tokens, hidden)
-    results = []
-    for run in (
-        lambda w, x, w_in, w_out: reference_experts(x, w, ids, w_in, w_out, "swiglu"),
-        lambda w, x, w_in, w_out: grouped_experts(x, w, plan, w_in, w_out, "swiglu", workers),
-    ):
+
+    def run(experts):
         inputs = [leaf.clone().requires_grad_() for leaf in leaves]
-        out = run(*inputs)
+        out = experts(*inputs)
         out.backward(grad)
-        results.append([out] + [leaf.grad for leaf in inputs])
-    for want, have in zip(*results, strict=True):
-        torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
-    assert results[1][3][1].abs().max() == 0  # the empty expert's gradient is exactly zero
+        return [out] + [leaf.grad for leaf in inputs]
+
+    expected = run(lambda w, x, w_in, w_out: reference_experts(x, w, ids, w_in, w_out, "swiglu"))
+    adaptive.choosers.clear()
+    for _ in range(5):  # measured: the first four calls run each path twice
+        results = run(
+            lambda w, x, w_in, w_out: grouped_experts(x, w, plan, w_in, w_out, "swiglu", workers)
+        )
+        for want, have in zip(expected, results, strict=True):
+            torch.testing.assert_close(have, want, atol=1e-5, rtol=1e-5)
+        assert results[3][1].abs().max() == 0  # the empty expert's gradient is exactly zero
+    if workers == MEASURED:
+        for chooser in adaptive.choosers.values():  # one forward site, one backward site
+            assert chooser.runs[GROUPED] >= 2 and chooser.runs[ALL_THREADS] >= 2
+        assert len(adaptive.choosers) == 2
+
+
+def test_path_chooser_measures_both_then_runs_the_faster_and_follows_a_change():
+    chooser = PathChooser()
+    seconds = {GROUPED: 2.0, ALL_THREADS: 1.0}
+    ran = []
+    for _ in range(4 + 4 * adaptive.EXPLORE_EVERY):
+        path = chooser.next_path()
+        ran.append(path)
+        chooser.record(path, seconds[path])
+    # each path twice (first runs not counted), then the faster, and the slower one after
+    # EXPLORE_EVERY x 2 (the ratio of their times) calls
+    assert ran[:4] == [GROUPED, ALL_THREADS, GROUPED, ALL_THREADS]
+    checks = [i - 4 for i, path in enumerate(ran) if path == GROUPED and i >= 4]
+    assert checks == [2 * adaptive.EXPLORE_EVERY - 1, 4 * adaptive.EXPLORE_EVERY - 1]
+    assert chooser.faster == ALL_THREADS
+    seconds[ALL_THREADS] = 4.0  # the workers slow down (e.g. a busy neighbour)
+    switched_after = None
+    for call in range(10):
+        path = chooser.next_path()
+        chooser.record(path, seconds[path])
+        if chooser.faster == GROUPED:
+            switched_after = call + 1
+            break
+    # moving average 0.7 * 1 + 0.3 * 4 = 1.9 < 2, then 0.7 * 1.9 + 1.2 = 2.53 > 2
+    assert switched_after == 2
 
 
 def test_grouped_matmul_fallback_equals_per_expert_products():

@@ -18,14 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .adaptive import ALL_THREADS, GROUPED, MEASURED, run_faster
 from .workers import empty_buffer, for_each_expert
 
 Activation = Literal["swiglu", "gelu"]
 ACTIVATIONS: tuple[str, ...] = ("swiglu", "gelu")
-Backend = Literal["auto", "reference", "grouped_mm", "triton"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "grouped_mm", "triton")
-# ``workers`` value of ``grouped_experts``: one worker per intra-op thread.
-ALL_THREADS = -1
+Backend = Literal["auto", "reference", "grouped_mm", "workers", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "grouped_mm", "workers", "triton")
 
 
 class DispatchPlan(NamedTuple):
@@ -131,6 +130,28 @@ def _experts(
 ) -> tuple[Tensor, Tensor]:
     """Forward; also returns the sorted rows' input projection ``h``, saved for backward
     (never differentiated; ``act`` is recomputed from it there)."""
+    inputs = (x, weights, order, offsets, w_in, w_out, activation)
+    if workers == MEASURED:
+        site = ("forward", activation, tuple(w_in.shape), x.dtype, order.shape[0].bit_length())
+        return run_faster(site, lambda path: _forward_on(*inputs, path))
+    return _forward_on(*inputs, workers)
+
+
+@_experts.register_fake
+def _(x, weights, order, offsets, w_in, w_out, activation, workers):
+    return x.new_empty(x.shape), x.new_empty(order.shape[0], w_in.shape[1])
+
+
+def _forward_on(
+    x: Tensor,
+    weights: Tensor,
+    order: Tensor,
+    offsets: Tensor,
+    w_in: Tensor,
+    w_out: Tensor,
+    activation: str,
+    workers: int,
+) -> tuple[Tensor, Tensor]:
     num_tokens, top_k = weights.shape
     token, row_weight = _sorted_rows(weights, order)
     per_pair = empty_buffer(x, order.shape[0], x.shape[1])
@@ -150,11 +171,6 @@ def _experts(
     return _sum_over_pairs(per_pair, num_tokens, top_k), h
 
 
-@_experts.register_fake
-def _(x, weights, order, offsets, w_in, w_out, activation, workers):
-    return x.new_empty(x.shape), x.new_empty(order.shape[0], w_in.shape[1])
-
-
 @torch.library.custom_op("mm15_moe::experts_backward", mutates_args=())
 def _experts_backward(
     grad_out: Tensor,
@@ -172,6 +188,35 @@ def _experts_backward(
     ``w`` the routing weight of each row: ``dact = G @ W_down``, ``dw = <dact, act>``,
     ``dW_down = (w G)^T act``, ``dh = act'(h) (w dact)``, ``dW_in = dh^T x``,
     ``dx = dh @ W_in``."""
+    saved = (x, weights, order, offsets, w_in, w_out, h, activation)
+    if workers == MEASURED:
+        site = ("backward", activation, tuple(w_in.shape), x.dtype, order.shape[0].bit_length())
+        return run_faster(site, lambda path: _backward_on(grad_out, *saved, path))
+    return _backward_on(grad_out, *saved, workers)
+
+
+@_experts_backward.register_fake
+def _(grad_out, x, weights, order, offsets, w_in, w_out, h, activation, workers):
+    return (
+        x.new_empty(x.shape),
+        weights.new_empty(weights.shape),
+        w_in.new_empty(w_in.shape),
+        w_out.new_empty(w_out.shape),
+    )
+
+
+def _backward_on(
+    grad_out: Tensor,
+    x: Tensor,
+    weights: Tensor,
+    order: Tensor,
+    offsets: Tensor,
+    w_in: Tensor,
+    w_out: Tensor,
+    h: Tensor,
+    activation: str,
+    workers: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     num_tokens, top_k = weights.shape
     token, row_weight = _sorted_rows(weights, order)
     grad_per_pair = empty_buffer(x, order.shape[0], x.shape[1])
@@ -201,23 +246,13 @@ def _experts_backward(
         act = activate(h, activation)
         grad_rows = grad_out.index_select(0, token)
         grad_act = grouped_matmul(grad_rows, w_out, offsets)
-        grad_weights.index_copy_(0, order, torch.einsum("rf,rf->r", grad_act, act))
+        grad_weights.index_copy_(0, order, (grad_act * act).sum(1))
         grad_w_out = grouped_matmul(grad_rows.mul_(row_weight[:, None]).t(), act, offsets)
         grad_h = activation_backward(h, grad_act.mul_(row_weight[:, None]), activation)
         grad_w_in = grouped_matmul(grad_h.t(), x.index_select(0, token), offsets)
         grad_per_pair.index_copy_(0, order, grouped_matmul(grad_h, w_in, offsets))
     grad_x = _sum_over_pairs(grad_per_pair, num_tokens, top_k)
     return grad_x, grad_weights.view(num_tokens, top_k), grad_w_in, grad_w_out
-
-
-@_experts_backward.register_fake
-def _(grad_out, x, weights, order, offsets, w_in, w_out, h, activation, workers):
-    return (
-        x.new_empty(x.shape),
-        weights.new_empty(weights.shape),
-        w_in.new_empty(w_in.shape),
-        w_out.new_empty(w_out.shape),
-    )
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -246,16 +281,17 @@ def grouped_experts(
     w_in: Tensor,
     w_out: Tensor,
     activation: str,
-    workers: int = 0,
+    workers: int = GROUPED,
 ) -> Tensor:
     """Experts over the expert-sorted rows, with a fused hand-written backward.
 
-    ``workers=0``: whole-batch grouped GEMMs (``torch.nn.functional.grouped_mm``), no host
-    sync. Otherwise (CPU): each expert's GEMMs, activation, routing-weight scale and scatter
-    run as one task on ``workers`` single-threaded worker threads (``1``: in the calling
-    thread; ``ALL_THREADS``: ``torch.get_num_threads()`` of them). That path reads the row
-    counts on the host once per call, which costs nothing on CPU, where there is no
-    asynchronous stream to stall (see ``workers.py``).
+    ``workers=GROUPED`` (0): whole-batch grouped GEMMs (``torch.nn.functional.grouped_mm``),
+    no host sync. A positive count (CPU): each expert's GEMMs, activation, routing-weight
+    scale and scatter run as one task on that many single-threaded worker threads (``1``: in
+    the calling thread; ``ALL_THREADS``: ``torch.get_num_threads()`` of them). That path reads
+    the row counts on the host once per call, which costs nothing on CPU, where there is no
+    asynchronous stream to stall (see ``workers.py``). ``MEASURED``: forward and backward
+    each run whichever of the two is faster at the time (``adaptive.py``).
     Wrapped as a custom op so that ``torch.compile(fullgraph=True)`` sees one opaque node
     with static output shapes (torch's grouped GEMM has no fp32 meta kernel).
     """
@@ -264,19 +300,23 @@ def grouped_experts(
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, int]:
-    """The concrete backend and the worker-thread count for ``grouped_experts``.
+    """The concrete backend and the ``workers`` value for ``grouped_experts``.
 
-    On CUDA, torch's grouped GEMM needs bf16 on SM80+ while the Triton kernels take any float
-    dtype. Elsewhere ``"auto"`` is the per-expert path on ``torch.get_num_threads()``
-    single-threaded workers (``ALL_THREADS``, read when the op runs, so compiled graphs follow
-    ``torch.set_num_threads``), measured fastest on CPU (docs/moe.md); ``"grouped_mm"`` always
-    means whole-batch grouped GEMMs.
+    On CUDA, ``"auto"`` is torch's grouped GEMM in bf16 on SM80+ and the Triton kernels
+    otherwise (they take any float dtype). On CPU it measures: the grouped GEMMs or the
+    per-expert tasks, whichever is faster on this machine now (``MEASURED``; the two differ
+    by rounding, so name one for bit-reproducible runs). ``"grouped_mm"`` always means
+    whole-batch grouped GEMMs; ``"workers"`` the per-expert tasks on
+    ``torch.get_num_threads()`` single-threaded workers (read when the op runs, so compiled
+    graphs follow ``torch.set_num_threads``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"MoE backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "workers":
+        return "grouped_mm", ALL_THREADS
     if backend != "auto":
-        return backend, 0
+        return backend, GROUPED
     if device.type == "cuda":
         sm80 = torch.cuda.get_device_capability(device) >= (8, 0)
-        return ("grouped_mm" if dtype == torch.bfloat16 and sm80 else "triton"), 0
-    return "grouped_mm", ALL_THREADS
+        return ("grouped_mm" if dtype == torch.bfloat16 and sm80 else "triton"), GROUPED
+    return "grouped_mm", MEASURED

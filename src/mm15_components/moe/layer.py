@@ -48,9 +48,12 @@ class MoEFeedForward(nn.Module):
     training loss), ``balance_loss``, ``z_loss`` and ``tokens_per_expert`` are readable.
 
     ``backend``: ``"reference"`` (per-expert loop), ``"grouped_mm"`` (torch grouped GEMM with
-    a fused backward), ``"triton"`` (fused gather/scatter Triton kernels) or ``"auto"`` (the
-    fastest measured for the device and dtype). ``shared_intermediate_size > 0`` adds an
-    always-on dense SwiGLU expert, scaled by a sigmoid gate when ``shared_expert_gate``.
+    a fused backward), ``"workers"`` (CPU: each expert one task on single-threaded worker
+    threads, same backward), ``"triton"`` (fused gather/scatter Triton kernels) or ``"auto"``
+    (CUDA: by device and dtype; CPU: whichever of ``grouped_mm`` and ``workers`` measures
+    faster while it runs, see ``dispatch.resolve_backend``). ``shared_intermediate_size > 0``
+    adds an always-on dense SwiGLU expert, scaled by a sigmoid gate when
+    ``shared_expert_gate``.
     """
 
     def __init__(
