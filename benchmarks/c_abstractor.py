@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import timed
 
 from mm15_components.connectors.c_abstractor import CAbstractor
 
@@ -37,9 +37,7 @@ def step_seconds(
     contender: Contender, abstractor: CAbstractor, tiles: torch.Tensor, weights: torch.Tensor
 ) -> float:
     abstractor.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    (contender(abstractor, tiles) * weights).sum().backward()
-    return time.perf_counter() - start
+    return timed(lambda: (contender(abstractor, tiles) * weights).sum().backward())[0]
 
 
 def main() -> None:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
+from timing import timed
 from torch.utils.data import Dataset
 
 from mm15_components.cli import build_from_config
@@ -67,10 +67,8 @@ def loader_rate(data: SyntheticDataModule, batches: int) -> float:
     """Samples per second over ``batches`` batches, after the first one (worker start-up)."""
     iterator = iter(data.train_dataloader())
     next(iterator)
-    start, samples = time.perf_counter(), 0
-    for _ in range(batches):
-        samples += len(next(iterator)["ids"])
-    return samples / (time.perf_counter() - start)
+    seconds, samples = timed(lambda: sum(len(next(iterator)["ids"]) for _ in range(batches)))
+    return samples / seconds
 
 
 def quickstart_data(workers: int, samples: int) -> SyntheticDataModule:
@@ -105,7 +103,7 @@ def model_rate(steps: int, threads: int) -> float:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     batches = iter(data.train_dataloader())
     warm = [next(batches) for _ in range(2)]
-    timed = [next(batches) for _ in range(steps)]
+    measured = [next(batches) for _ in range(steps)]
 
     def step(batch: dict) -> None:
         loss_sum, count, _ = module.answer_loss(batch)
@@ -115,10 +113,8 @@ def model_rate(steps: int, threads: int) -> float:
 
     for batch in warm:
         step(batch)
-    start = time.perf_counter()
-    for batch in timed:
-        step(batch)
-    return steps * BATCH / (time.perf_counter() - start)
+    seconds, _ = timed(lambda: [step(batch) for batch in measured])
+    return steps * BATCH / seconds
 
 
 def main() -> None:

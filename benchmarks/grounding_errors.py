@@ -24,7 +24,6 @@ import argparse
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from unittest import mock
 
 import torch
 from PIL import Image
@@ -36,27 +35,16 @@ from mm15_components.data.collate import collate
 from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic import shapes
+from mm15_components.data.synthetic.dataset import SyntheticDataset
 from mm15_components.metrics.grounding import box_iou
 
 KINDS = ("hit", "other shape", "loose", "near other", "nowhere")
 
 
-def drawn_samples(dataset) -> list[tuple[Sample, list[shapes.Shape]]]:
+def drawn_samples(dataset: SyntheticDataset) -> list[tuple[Sample, list[shapes.Shape]]]:
     """Each sample of a synthetic dataset with the shapes drawn for it (none for other
-    tasks), read by wrapping the drawing function while the sample is rendered."""
-    drawn: list[shapes.Shape] = []
-    draw = shapes.sample_shapes
-
-    def record(*args, **kwargs) -> list[shapes.Shape]:
-        drawn[:] = draw(*args, **kwargs)
-        return list(drawn)
-
-    samples = []
-    with mock.patch.object(shapes, "sample_shapes", record):
-        for index in range(len(dataset)):
-            drawn.clear()
-            samples.append((dataset[index], list(drawn)))
-    return samples
+    tasks)."""
+    return [(dataset[index], dataset.drawn_shapes(index)) for index in range(len(dataset))]
 
 
 def shape_ious(box: torch.Tensor, image_shapes: list[shapes.Shape]) -> torch.Tensor:

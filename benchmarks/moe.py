@@ -35,10 +35,10 @@ import json
 import multiprocessing
 import os
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import timing
 import torch
 from transformers import OlmoeConfig
 from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
@@ -106,12 +106,7 @@ def main() -> None:
     if args.cpu_time and args.threads != 1:
         parser.error("--cpu-time counts the calling thread only: use it with --threads 1")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    timer = time.thread_time if args.cpu_time else time.perf_counter
-
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return timer()
+    clock = timing.clock(args.cpu_time, device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

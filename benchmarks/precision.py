@@ -6,7 +6,8 @@ one in fp32 and one under ``torch.autocast("cpu", torch.bfloat16)`` (what Lightn
 between the two, so load from other processes hits both alike. Prints the median step time of
 each, their ratio, and the answer loss of both copies along the way: bf16 is only worth it
 where the losses track. A third copy runs bf16 with torch's own attention kernel choice (the
-fused CPU kernel) instead of the math path ``MM15Model`` takes in CPU bf16.
+fused CPU kernel, ``MM15Model(cpu_bf16_attention="torch")``) instead of the math path
+``MM15Model`` takes in CPU bf16 by default.
 
     python benchmarks/precision.py [--config recipes/quickstart.yaml --steps 40 --threads 2]
 """
@@ -17,13 +18,11 @@ import argparse
 import contextlib
 import copy
 import statistics
-import time
 from collections.abc import Callable
-from unittest import mock
 
 import torch
+from timing import timed
 
-from mm15_components import model as model_module
 from mm15_components.cli import build_from_config
 from mm15_components.module import MM15Module
 
@@ -34,28 +33,22 @@ def bf16() -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", torch.bfloat16)
 
 
-@contextlib.contextmanager
-def bf16_fused_attention():
-    """bf16 autocast, attention kernel left to torch."""
-    torch_choice = mock.patch.object(
-        model_module, "attention_kernels", lambda *_: contextlib.nullcontext()
-    )
-    with torch_choice, bf16():
-        yield
-
-
 def train_step(
     module: MM15Module, optimizer: torch.optim.Optimizer, batch, precision: Precision
 ) -> tuple[float, float]:
     """One optimizer step on the mean answer-token loss; returns (seconds, loss)."""
-    start = time.perf_counter()
-    with precision():
-        loss_sum, count, _ = module.answer_loss(batch)
-    loss = loss_sum / count.clamp(min=1)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start, loss.item()
+
+    def step() -> torch.Tensor:
+        with precision():
+            loss_sum, count, _ = module.answer_loss(batch)
+        loss = loss_sum / count.clamp(min=1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    seconds, loss = timed(step)
+    return seconds, loss.item()
 
 
 def main() -> None:
@@ -71,14 +64,16 @@ def main() -> None:
     module, data = build_from_config(args.config)
     module.configure_model()
     data.setup("fit")
-    precisions: dict[str, Precision] = {
-        "fp32": contextlib.nullcontext,
-        "bf16-mixed": bf16,
-        "bf16, fused attention": bf16_fused_attention,
+    # name -> (autocast, MM15Model.cpu_bf16_attention)
+    precisions: dict[str, tuple[Precision, str]] = {
+        "fp32": (contextlib.nullcontext, "math"),
+        "bf16-mixed": (bf16, "math"),
+        "bf16, fused attention": (bf16, "torch"),
     }
     contenders = {}
-    for name, precision in precisions.items():
+    for name, (precision, attention) in precisions.items():
         copied = copy.deepcopy(module)
+        copied.model.cpu_bf16_attention = attention
         contenders[name] = (copied, torch.optim.AdamW(copied.parameters(), lr=args.lr), precision)
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
     losses: dict[str, list[float]] = {name: [] for name in contenders}

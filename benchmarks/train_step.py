@@ -44,8 +44,8 @@ def count(module: torch.nn.Module) -> int:
 def flops_per_batch(model: MM15Model, tokens: int, seq_len: int, tiles: int) -> float:
     """Forward + backward model FLOPs of one batch (see the module docstring)."""
     language, vision = model.language, model.vision
-    embedding = language.model.get_input_embeddings().weight.numel()
-    tied = getattr(language.model.config, "tie_word_embeddings", False)
+    embedding = language.input_embeddings.weight.numel()
+    tied = getattr(language.config, "tie_word_embeddings", False)
     n_llm = count(language) - (0 if tied else embedding)  # a tied table is the output head
     layers = len(language.layers)
     llm = 6 * n_llm * tokens + 12 * layers * language.hidden_size * tokens * seq_len

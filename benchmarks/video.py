@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
+from timing import best_times
 
 from mm15_components.data.video import sample_frames, uniform_indices
 
@@ -56,17 +56,6 @@ def decode_everything(path: Path, num_frames: int) -> torch.Tensor:
             if index in keep:
                 kept[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
     return torch.stack([kept[index] for index in keep])
-
-
-def best_times(runs, repeats: int) -> list[float]:
-    """Best wall time of each run; rounds alternate the runs so load spikes hit both."""
-    best = [float("inf")] * len(runs)
-    for _ in range(repeats):
-        for slot, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            best[slot] = min(best[slot], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mm15_components import MM15Module
+from mm15_components.data.schema import PackedBatch, TrainingBatch
 
 
 class AnchoredModule(MM15Module):
@@ -43,7 +44,7 @@ class AnchoredModule(MM15Module):
             for name, param in self.model.connector.named_parameters()
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainingBatch | PackedBatch, batch_idx: int) -> torch.Tensor:
         penalty = self.anchor_penalty()
         self.log("train/anchor_penalty", penalty)
         return super().training_step(batch, batch_idx) + self.anchor_weight * penalty

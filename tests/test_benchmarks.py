@@ -20,8 +20,8 @@ from mm15_components.data import BenchmarkDataModule
 from mm15_components.data.benchmarks import EncodedBenchmark, load_refs, read_benchmark
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy
 from mm15_components.grounding.codec import BoxCodec
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language import IMAGE_TOKEN
-from mm15_components.language.chat import IGNORE_INDEX
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 

@@ -1,8 +1,8 @@
 import pytest
 
 from mm15_components.data.schema import Turn
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language import IMAGE_TOKEN, ChatTemplate, build_word_tokenizer
-from mm15_components.language.chat import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from mm15_components.cli import build_from_config, main
+from mm15_components.cli import build_from_config, main, missing_recipe
 
 RECIPES_DIR = Path(__file__).parents[1] / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
@@ -170,6 +170,30 @@ def test_no_pretrained_weights_from_the_command_line(value, capsys):
     assert model["language"]["init_args"]["pretrained"] is expected
 
 
+def test_fit_without_a_recipe_says_how_to_pass_one():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--trainer.max_steps=1"])
+    message = exit_info.value.code
+    assert isinstance(message, str)  # printed to stderr, exit status 1
+    assert "--config" in message and "mm15 recipes" in message
+    assert "mm15 fit --config recipes/quickstart.yaml" in message
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "--config=recipes/quickstart.yaml"],
+        ["validate", "-c", "recipes/quickstart.yaml"],
+        ["fit", "--model.class_path=MM15Module", "--data", "data.yaml"],
+        ["predict", "--help"],
+        ["inspect", "image.png"],
+        [],
+    ],
+)
+def test_a_recipe_or_a_command_without_one_is_passed_on(argv):
+    assert missing_recipe(argv) is None
+
+
 def test_config_key_typo_is_named(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(QUICKSTART), "--model.init_args.optimzer.lr=1"])
@@ -197,5 +221,5 @@ def test_build_from_config_links_data_to_model_and_takes_overrides(monkeypatch, 
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
     assert data.batch_size == 5
     assert module.tokenizer is data.tokenizer
-    embeddings = module.model.language.model.get_input_embeddings()
+    embeddings = module.model.language.input_embeddings
     assert embeddings.num_embeddings == len(data.tokenizer)

@@ -15,8 +15,9 @@ from mm15_components.data.conversation import (
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy, JSONSource
 from mm15_components.data.mixture import Mixture, MixtureDataset, Source
 from mm15_components.data.schema import Turn
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language import IMAGE_TOKEN, ChatTemplate, build_word_tokenizer
-from mm15_components.language.chat import IGNORE_INDEX, TokenizerChatTemplate, chat_template_for
+from mm15_components.language.chat import TokenizerChatTemplate, chat_template_for
 
 
 @pytest.fixture(scope="module")

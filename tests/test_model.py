@@ -106,6 +106,9 @@ def test_cpu_bf16_training_takes_the_math_attention_path_and_tracks_fp32(module)
     assert fused in attention_kernels_run(model, ids, pixels, autocast=False)
     bf16_ops = attention_kernels_run(model, ids, pixels, autocast=True)
     assert fused not in bf16_ops and "aten::_softmax" in bf16_ops
+    model.cpu_bf16_attention = "torch"  # torch's own choice: the fused kernel
+    assert fused in attention_kernels_run(model, ids, pixels, autocast=True)
+    model.cpu_bf16_attention = "math"
     with torch.no_grad():
         reference = model(ids, None, pixels)
         with torch.autocast("cpu", torch.bfloat16):

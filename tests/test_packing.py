@@ -76,4 +76,5 @@ def test_datamodule_packs_training_batches_only():
     batch = next(iter(data.train_dataloader()))
     assert batch["input_ids"].shape[1] <= 90 and len(batch["ids"]) == 6
     assert batch["input_ids"].shape[0] < 6
-    assert "position_ids" not in next(iter(data.val_dataloader()))
+    val_batch = next(iter(data.val_dataloader()))
+    assert val_batch["position_ids"] is None and val_batch["attention_mask"] is not None

@@ -44,6 +44,22 @@ def test_target_box_is_the_tight_box_of_the_drawn_shape():
             assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == shape.box
 
 
+def test_drawn_shapes_are_the_shapes_in_the_sample_image():
+    """Each drawn shape is the tight box of the pixels of its colour in the rendered image,
+    and no other shape colour appears there."""
+    data = make(n=40, tasks={"grounding": 1.0, "referring": 1.0, "find_all": 1.0, "text": 1.0})
+    drawn = [data.drawn_shapes(i) for i in range(len(data))]
+    assert any(drawn) and not all(drawn)  # shape tasks and the text task both drawn
+    for index, shapes in enumerate(drawn):
+        if not shapes:
+            continue
+        pixels = np.asarray(data[index].images[0]).astype(int)
+        for colour, value in COLOURS.items():
+            ys, xs = np.nonzero(np.abs(pixels - value).sum(-1) == 0)
+            boxes = [s.box for s in shapes if s.colour == colour]
+            assert boxes == ([(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)] if len(xs) else [])
+
+
 def test_more_questions_ask_about_each_shape_once_and_keep_the_first_turn():
     """Each extra turn asks about another shape of the same image; the answers are the boxes
     of the shapes named (found by colour in the pixels); the first turn is the one-question

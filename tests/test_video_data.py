@@ -11,7 +11,7 @@ from mm15_components.data.schema import Turn
 from mm15_components.data.synthetic.motion import COLOURS, DIRECTIONS, render_clip
 from mm15_components.data.video import VideoDecodeError, frame_turns
 from mm15_components.data.video_datamodule import MotionDataset, VideoJSONDataset
-from mm15_components.language.chat import IGNORE_INDEX
+from mm15_components.labels import IGNORE_INDEX
 
 SIZE = 64
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"

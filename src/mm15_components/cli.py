@@ -18,6 +18,8 @@ from mm15_components.module import MM15Module
 from mm15_components.recipe_files import recipes_command, with_packaged_recipes
 
 PARSER_MODE = "mm15_yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+"""LightningCLI's subcommands, each of which builds a model and data from a recipe."""
 _load_yaml = get_loader("yaml")
 
 
@@ -122,7 +124,6 @@ def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
         sys.argv[1:] = with_packaged_recipes(sys.argv[1:])
     else:
         args = with_packaged_recipes(args)
-    subcommands = ("fit", "validate", "test", "predict")
     return MM15CLI(
         MM15Module,
         LightningDataModule,
@@ -131,7 +132,7 @@ def _cli(args: list[str] | None, **kwargs: Any) -> MM15CLI:
         args=args,
         parser_kwargs={
             "parser_mode": PARSER_MODE,
-            **{name: {"parser_mode": PARSER_MODE} for name in subcommands},
+            **{name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS},
         },
         **kwargs,
     )
@@ -153,10 +154,31 @@ def build_from_config(config: str, *overrides: str) -> tuple[MM15Module, Lightni
     return cli.model, cli.datamodule
 
 
+def missing_recipe(argv: list[str]) -> str | None:
+    """What to do when a subcommand is given neither a ``--config`` nor ``--model`` or
+    ``--data`` arguments (jsonargparse would only say ``required: fit.data, fit.model``);
+    None when it is given one, or is not such a subcommand."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    given = {arg.split("=")[0].split(".")[0] for arg in argv[1:] if arg.startswith("-")}
+    if given & {"-c", "--config", "--model", "--data", "-h", "--help"}:
+        return None
+    command = argv[0]
+    return (
+        f"mm15 {command} builds the model and data from a recipe: pass one with --config, "
+        f"e.g. the quickstart, mm15 {command} --config recipes/quickstart.yaml "
+        "(a local file of that path, else the packaged recipe). mm15 recipes lists the "
+        "packaged recipes."
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
+    problem = missing_recipe(argv)
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
     _cli(args, save_config_kwargs={"overwrite": True})
 
 

@@ -87,7 +87,7 @@ def random_init_config(model_config: dict[str, Any], model: Any) -> dict[str, An
         vision_args["pretrained"] = None
     language_args = parts["language"].setdefault("init_args", {})
     language_args["pretrained"] = None
-    architecture = model.language.model.config.to_diff_dict()
+    architecture = model.language.config.to_diff_dict()
     architecture.pop("transformers_version", None)
     language_args["config"] = architecture
     return model_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,6 +29,8 @@ class MM15Model(nn.Module):
         language: the causal LM.
         connector: builds the connector from ``(vision width, LLM width)``; in YAML a
             ``class_path`` whose other ``init_args`` are given there.
+        cpu_bf16_attention: the attention kernel on CPU in bf16: ``math`` (see
+            :func:`attention_kernels`) or ``torch`` (torch's choice, the fused kernel).
     """
 
     def __init__(
@@ -36,8 +38,10 @@ class MM15Model(nn.Module):
         vision: OpenCLIPVisionEncoder,
         language: CausalLM,
         connector: Callable[[int, int], nn.Module] = MLPProjector,
+        cpu_bf16_attention: Literal["math", "torch"] = "math",
     ) -> None:
         super().__init__()
+        self.cpu_bf16_attention = cpu_bf16_attention
         self.vision = vision
         self.connector = connector(vision.width, language.hidden_size)
         self.language = language
@@ -90,7 +94,8 @@ class MM15Model(nn.Module):
     ) -> torch.Tensor:
         """Next-token logits ``[B, T, vocab]``; packed rows pass ``position_ids`` that restart
         at each sample and no ``attention_mask`` (see ``data.packing``)."""
-        with attention_kernels(input_ids.device, next(self.language.parameters()).dtype):
+        dtype = next(self.language.parameters()).dtype
+        with attention_kernels(input_ids.device, dtype, self.cpu_bf16_attention):
             embeds = self.embed(input_ids, pixel_values)
             return self.language(embeds, attention_mask, position_ids)
 
@@ -108,18 +113,18 @@ class MM15Model(nn.Module):
 
 
 def attention_kernels(
-    device: torch.device, dtype: torch.dtype
+    device: torch.device, dtype: torch.dtype, cpu_bf16: Literal["math", "torch"] = "math"
 ) -> contextlib.AbstractContextManager:
     """The scaled-dot-product attention kernels to train with.
 
     On CPU in bf16 (``bf16-mixed`` autocast or bf16 weights) torch's fused flash kernel is the
     slow one: its backward takes 2-3x the fp32 kernel's time on short sequences, and the plain
     matmul-softmax ("math") path is faster (benchmarks/precision.py). The math path keeps the
-    ``[B, heads, T, T]`` attention weights for backward, as eager attention does. Elsewhere
-    torch chooses.
+    ``[B, heads, T, T]`` attention weights for backward, as eager attention does. Elsewhere,
+    or with ``cpu_bf16="torch"``, torch chooses.
     """
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
-    if device.type == "cpu" and dtype == torch.bfloat16:
+    if cpu_bf16 == "math" and device.type == "cpu" and dtype == torch.bfloat16:
         return sdpa_kernel([SDPBackend.MATH])
     return contextlib.nullcontext()

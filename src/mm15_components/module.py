@@ -18,11 +18,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import PreTrainedTokenizerBase
 
+from mm15_components.data.schema import PackedBatch, TrainingBatch
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
 from mm15_components.grounding.embeddings import coordinate_token_ids, init_sinusoidal
 from mm15_components.grounding.head import CoordinateGroundingHead
-from mm15_components.language.chat import IGNORE_INDEX
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.grounding import first_boxes
 from mm15_components.metrics.validation import VALIDATION_METRICS, validation_scores
@@ -116,7 +117,7 @@ class MM15Module(L.LightningModule):
                     "coordinate value; this tokenizer splits numbers (use codec style 'tokens')"
                 )
             if coordinate_init == "sinusoidal":
-                init_sinusoidal(model.language.model.get_input_embeddings().weight, token_ids)
+                init_sinusoidal(model.language.input_embeddings.weight, token_ids)
             if grounding_head is not None:
                 grounding_head.bind(token_ids)
         if init_from is not None:
@@ -133,7 +134,7 @@ class MM15Module(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
     def answer_loss(
-        self, batch: dict[str, Any], with_head: bool = False
+        self, batch: TrainingBatch | PackedBatch, with_head: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Summed next-token cross-entropy over answer tokens, their count, and the grounding
         head's summed loss (None without a head or when not asked for)."""
@@ -141,7 +142,7 @@ class MM15Module(L.LightningModule):
             batch["input_ids"],
             batch["attention_mask"],
             batch["pixel_values"],
-            batch.get("position_ids"),  # packed batches
+            batch["position_ids"],
         )
         logits, labels = logits[:, :-1], batch["labels"][:, 1:]
         loss_sum = F.cross_entropy(
@@ -155,7 +156,7 @@ class MM15Module(L.LightningModule):
             head_sum = self.grounding_head(logits, labels)
         return loss_sum, (labels != IGNORE_INDEX).sum(), head_sum
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainingBatch | PackedBatch, batch_idx: int) -> torch.Tensor:
         loss_sum, count, head_sum = self.answer_loss(batch, with_head=True)
         # Normalise by the answer tokens of the whole global batch, so the gradient (averaged
         # over ranks) equals a single-process run on that batch however tokens are split.
@@ -184,7 +185,7 @@ class MM15Module(L.LightningModule):
         return torch.stack([m.aux_loss for m in layers]).sum()
 
     # ---- evaluation -----------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: TrainingBatch, batch_idx: int) -> None:
         loss_sum, count, _ = self.answer_loss(batch)
         self.val_loss.update(loss_sum / count.clamp(min=1), weight=count)
         self.log("val/loss", self.val_loss, prog_bar=True)
@@ -227,7 +228,7 @@ class MM15Module(L.LightningModule):
                 self.log(f"val/{name}", value, prog_bar=name in VALIDATION_METRICS)
             metric.reset()
 
-    def evaluate_answers(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def evaluate_answers(self, batch: TrainingBatch) -> list[dict[str, Any]]:
         """Generate an answer for every sample of a batch that has a ``metric``, score it (and
         its baseline) by that metric, and return one record per sample for the answers file.
 
@@ -250,7 +251,7 @@ class MM15Module(L.LightningModule):
         return records
 
     def score_answers(
-        self, batch: dict[str, Any], name: str, rows: list[int], answers: list[str | None]
+        self, batch: TrainingBatch, name: str, rows: list[int], answers: list[str | None]
     ) -> list[dict[str, Any]]:
         """Update metric ``name`` (and its baseline) with the answers to ``rows`` of a batch
         (None: not answered); returns their records for the answers file."""
@@ -306,14 +307,14 @@ class MM15Module(L.LightningModule):
             ]
         )
 
-    def predict_boxes(self, batch: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
+    def predict_boxes(self, batch: TrainingBatch, rows: torch.Tensor) -> torch.Tensor:
         """``[rows, 4]`` first box of the greedy answer to each selected sample of a batch
         (``rows``: a bool mask; pixels of its image; NaN where the answer has none)."""
         return self.first_boxes(
             self.generate_rows(batch, rows), batch["image_sizes"][rows].tolist()
         )
 
-    def generate_rows(self, batch: dict[str, Any], rows: torch.Tensor) -> list[str]:
+    def generate_rows(self, batch: TrainingBatch, rows: torch.Tensor) -> list[str]:
         """Greedy answers to the samples of a batch selected by the bool mask ``rows``."""
         keep_images = torch.repeat_interleave(rows, batch["tiles_per_sample"])
         return self.generate(
@@ -338,7 +339,7 @@ class MM15Module(L.LightningModule):
             synced_gpus=distributed(),
         )
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: TrainingBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Each sample's ``id``, greedy ``answer`` and the ``boxes`` read from it, in pixels
         of its original image."""
         answers = self.generate(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"])

@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from mm15_components.data.schema import PredictBatch
 from mm15_components.grounding.draw import draw_boxes
 
 
@@ -47,7 +48,7 @@ class PredictionWriter(BasePredictionWriter):
         pl_module: L.LightningModule,
         prediction: list[dict[str, Any]],
         batch_indices: Any,
-        batch: dict[str, Any],
+        batch: PredictBatch,
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:

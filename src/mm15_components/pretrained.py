@@ -29,6 +29,7 @@ from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.prompt import question_sample
+from mm15_components.data.schema import EncodedSample
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.grounding.decoding import BoxLogitsProcessor
 from mm15_components.language.chat import (
@@ -116,7 +117,7 @@ class Pretrained:
         self.model.to(device=device, dtype=dtype)
         return self
 
-    def encode(self, images: Sequence[Image.Image], question: str) -> dict[str, Any]:
+    def encode(self, images: Sequence[Image.Image], question: str) -> EncodedSample:
         """The encoded sample of ``question`` about ``images`` (the question, then the
         images, in the training chat template); its ``input_ids[:prompt_length]`` is the
         prompt."""

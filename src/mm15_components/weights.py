@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from mm15_components.moe.convert import upcycle_experts
 from mm15_components.moe.layer import MoEFeedForward
-from mm15_components.vision.encoder import interpolate_position_embedding
+from mm15_components.vision.encoder import OpenCLIPVisionEncoder, interpolate_position_embedding
 
 EXPORT_WEIGHTS = "model.safetensors"
 """File name of the weights in an exported model directory."""
@@ -33,7 +33,7 @@ MODULE_PREFIX = "model."
 """Where ``MM15Module`` keeps its ``MM15Model`` (``self.model``) in its state dict."""
 DISTRIBUTED_PREFIX = "state_dict." + MODULE_PREFIX
 """The same, in a distributed checkpoint saved by Lightning's ``ModelParallelStrategy``."""
-POSITION_EMBEDDING = "vision.visual.positional_embedding"
+POSITION_EMBEDDING = "vision." + OpenCLIPVisionEncoder.POSITION_EMBEDDING
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -52,8 +52,8 @@ from mm15_components.data.formats import (
     read_json_records,
 )
 from mm15_components.data.prompt import question_turn
-from mm15_components.data.schema import Box, Sample, Turn
-from mm15_components.language.chat import IGNORE_INDEX
+from mm15_components.data.schema import Box, EncodedSample, Sample, Turn
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
 BenchmarkName = Literal["textvqa", "docvqa", "infovqa", "chartqa", "refcoco", "llava"]
@@ -402,7 +402,7 @@ class EncodedBenchmark(Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.records) / self.world)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> EncodedSample:
         if not 0 <= index < len(self):
             raise IndexError(f"question {index} of a share of {len(self)}")
         position = self.rank + index * self.world
@@ -412,7 +412,7 @@ class EncodedBenchmark(Dataset):
             item["labels"][:] = IGNORE_INDEX
         return item
 
-    def encode(self, record: BenchmarkRecord) -> dict[str, Any]:
+    def encode(self, record: BenchmarkRecord) -> EncodedSample:
         try:
             return self.encoder(record.sample())
         except BadSampleError as error:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from mm15_components.data.schema import Box, Sample, SampleOutline
-from mm15_components.language.chat import (
-    IGNORE_INDEX,
-    ConversationTemplate,
-    chat_template_for,
-)
+from mm15_components.data.schema import Box, EncodedSample, Sample, SampleOutline, TrainingBatch
+from mm15_components.labels import IGNORE_INDEX
+from mm15_components.language.chat import ConversationTemplate, chat_template_for
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 from mm15_components.metrics.validation import validation_metric
 from mm15_components.vision.anyres import (
@@ -31,7 +27,7 @@ from mm15_components.vision.pixels import to_rgb
 def image_to_tensor(
     image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """An image (any mode, ``data.images.to_rgb``) resized (antialiased) to ``size`` x ``size``
+    """An image (any mode, ``vision.pixels.to_rgb``) resized (antialiased) to ``size`` x ``size``
     and normalised: ``[3, S, S]``."""
     image = to_rgb(image)
     if image.size != (size, size):
@@ -156,10 +152,10 @@ class SampleEncoder:
             )
         return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
 
-    def __call__(self, sample: Sample) -> dict[str, Any]:
+    def __call__(self, sample: Sample) -> EncodedSample:
         pixels, image_tokens = self.images_to_tiles(sample.images)
         encoded = self.template.encode(self.tokenizer, sample.turns, image_tokens, where=sample.id)
-        item = {
+        item: EncodedSample = {
             "id": sample.id,
             "input_ids": torch.tensor(encoded.input_ids),
             "labels": torch.tensor(encoded.labels),
@@ -211,7 +207,7 @@ def last_question(sample: Sample) -> str:
     return " ".join(users[-1].replace(IMAGE_TOKEN, " ").split()) if users else ""
 
 
-def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+def collate(items: Sequence[EncodedSample], pad_token_id: int) -> TrainingBatch:
     """Right-pad full sequences (training loss) and left-pad prompts (generation)."""
     batch_size = len(items)
     length = max(len(it["input_ids"]) for it in items)
@@ -232,6 +228,7 @@ def collate(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         "ids": [it["id"] for it in items],
         "input_ids": input_ids,
         "attention_mask": attention_mask,
+        "position_ids": None,  # 0, 1, ... along each row
         "labels": labels,
         "pixel_values": torch.cat([it["pixel_values"] for it in items]),
         "tiles_per_sample": torch.tensor([len(it["pixel_values"]) for it in items]),

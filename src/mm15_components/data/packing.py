@@ -9,11 +9,11 @@ A packed batch has ``position_ids`` that restart at 0 at every sample and no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from mm15_components.language.chat import IGNORE_INDEX
+from mm15_components.data.schema import EncodedSample, PackedBatch
+from mm15_components.labels import IGNORE_INDEX
 
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
@@ -31,7 +31,9 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(items: list[dict[str, Any]], pad_token_id: int, row_length: int) -> dict:
+def collate_packed(
+    items: Sequence[EncodedSample], pad_token_id: int, row_length: int
+) -> PackedBatch:
     """Pack encoded samples into rows of at most ``row_length`` tokens (training batches:
     no prompt fields). Samples and their images keep one order, row by row, so the model
     fills image placeholders with the right images."""

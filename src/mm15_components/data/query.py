@@ -6,7 +6,6 @@ import string
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from PIL import Image
@@ -16,6 +15,7 @@ from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
 from mm15_components.data.images import load_image
 from mm15_components.data.prompt import question_sample
+from mm15_components.data.schema import PredictBatch, QueryItem
 from mm15_components.data.video import sample_frames
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate
@@ -138,9 +138,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
                 inputs.append((f"{self.video}#frame={index}", f"{stem}_{index:03d}", image))
         self.predict_set = [self._encode(encoder, *item) for item in inputs]
 
-    def _encode(
-        self, encoder: SampleEncoder, id: str, name: str, image: Image.Image
-    ) -> dict[str, Any]:
+    def _encode(self, encoder: SampleEncoder, id: str, name: str, image: Image.Image) -> QueryItem:
         item = encoder(question_sample(self.query, [image], id=id))
         return {**item, "image": image, "name": name, "query": self.query}
 
@@ -153,7 +151,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         )
 
 
-def collate_query(items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+def collate_query(items: list[QueryItem], pad_token_id: int) -> PredictBatch:
     """:func:`collate`, plus the original images, their output names and queries."""
     return {
         **collate(items, pad_token_id),

@@ -1,11 +1,13 @@
-"""The sample schema every data source produces: images plus conversation turns."""
+"""The sample schema every data source produces (images plus conversation turns), and the
+contract between data and model: what an encoded sample and each kind of batch hold."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from PIL import Image
+from torch import Tensor
 
 Role = Literal["user", "assistant"]
 Box = tuple[float, float, float, float]
@@ -56,3 +58,80 @@ class SampleOutline:
     def of(cls, sample: Sample) -> SampleOutline:
         """The outline of a sample already read."""
         return cls(sample.turns, [image.size[::-1] for image in sample.images])
+
+
+class EncodedSample(TypedDict):
+    """One sample as model inputs (``collate.SampleEncoder``): what the collate functions read.
+
+    ``labels`` are ``labels.IGNORE_INDEX`` outside answers; ``input_ids[:prompt_length]`` is
+    the prompt the last answer continues. Boxes are pixels of the first image, NaN when
+    absent; ``image_size`` is that image's ``(height, width)``. An ``error`` (a sample the
+    data could not read) marks it unscored.
+    """
+
+    id: str
+    input_ids: Tensor
+    labels: Tensor
+    prompt_length: int
+    pixel_values: Tensor
+    target_box: Tensor
+    baseline_box: Tensor
+    image_size: Tensor
+    metric: str | None
+    answers: list[str]
+    baseline_answer: str | None
+    question: str
+    error: str | None
+
+
+class QueryItem(EncodedSample):
+    """An :class:`EncodedSample` to predict on, with its original image, the name its
+    outputs are written under, and the question asked (``query.QueryDataModule``)."""
+
+    image: Image.Image
+    name: str
+    query: str
+
+
+class LossInputs(TypedDict):
+    """What the loss reads, common to padded and packed batches. ``pixel_values`` are the
+    tiles of every image of the batch, sample after sample (``tiles_per_sample`` of each)."""
+
+    ids: list[str]
+    input_ids: Tensor
+    attention_mask: Tensor | None
+    position_ids: Tensor | None
+    labels: Tensor
+    pixel_values: Tensor
+    tiles_per_sample: Tensor
+
+
+class TrainingBatch(LossInputs):
+    """``collate.collate``: one sample per row, right-padded (``attention_mask``; no
+    ``position_ids``), and the prompts left-padded for generation with what validation scores
+    each answer by (the :class:`EncodedSample` fields, one list or stacked tensor each)."""
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    target_boxes: Tensor
+    baseline_boxes: Tensor
+    image_sizes: Tensor
+    metrics: list[str | None]
+    answers: list[list[str]]
+    baseline_answers: list[str | None]
+    questions: list[str]
+    errors: list[str | None]
+
+
+class PackedBatch(LossInputs):
+    """``packing.collate_packed``: several samples per row, each attending only to itself
+    (``position_ids`` restart at every sample; no ``attention_mask``); training only."""
+
+
+class PredictBatch(TrainingBatch):
+    """``query.collate_query``: a :class:`TrainingBatch` plus each sample's original image,
+    output file name and question, for ``predict.PredictionWriter``."""
+
+    images: list[Image.Image]
+    names: list[str]
+    queries: list[str]

@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
+from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language.tokenizer import IMAGE_TOKEN
 
 if TYPE_CHECKING:  # data.schema -> data/__init__ -> collate -> chat would be circular
     from mm15_components.data.schema import Turn
-
-IGNORE_INDEX = -100
-"""Label of positions that carry no loss (prompt, images, padding)."""
 
 
 @dataclass(frozen=True)

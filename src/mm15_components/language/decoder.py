@@ -77,8 +77,18 @@ class CausalLM(nn.Module):
             raise ValueError(f"bad language model config {config!r}: {error}") from error
 
     @property
+    def config(self) -> PretrainedConfig:
+        """The transformers configuration the model was built with (its architecture)."""
+        return self.model.config
+
+    @property
     def hidden_size(self) -> int:
-        return self.model.config.hidden_size
+        return self.config.hidden_size
+
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (tied to the output head when the config ties them)."""
+        return self.model.get_input_embeddings()
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -90,12 +100,12 @@ class CausalLM(nn.Module):
         """Fit the embeddings (and tied head) to a tokenizer with added tokens. Pretrained
         vocabularies only grow (checkpoints often pad theirs beyond the tokenizer's); a model
         built from a config takes the tokenizer's size exactly."""
-        current = self.model.get_input_embeddings().num_embeddings
+        current = self.input_embeddings.num_embeddings
         if current < vocab_size or (not self.pretrained and current != vocab_size):
             self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids)
+        return self.input_embeddings(input_ids)
 
     def forward(
         self,

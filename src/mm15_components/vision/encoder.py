@@ -32,6 +32,10 @@ class OpenCLIPVisionEncoder(nn.Module):
             end). Later blocks are dropped, so every parameter receives a gradient.
     """
 
+    POSITION_EMBEDDING = "visual.positional_embedding"
+    """The position embedding's key in this module's state dict (``[1 + patches, width]``,
+    class token first), for loaders that resample it to another grid."""
+
     def __init__(
         self,
         model_name: str = "ViT-H-14-378-quickgelu",

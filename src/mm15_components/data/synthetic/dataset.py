@@ -81,9 +81,13 @@ class SyntheticDataset(SeededDataset):
         self.encode_box = encode_box
         self.questions = questions
 
-    def __getitem__(self, index: int) -> Sample:
+    def _draw_task(self, index: int) -> tuple[str, np.random.Generator]:
+        """Sample ``index``'s task, and its generator with the task drawn."""
         rng = self.generator(index)
-        task = self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))]
+        return self.task_names[int(rng.choice(len(self.task_names), p=self.task_probs))], rng
+
+    def __getitem__(self, index: int) -> Sample:
+        task, rng = self._draw_task(index)
         if task == "text":
             sample = text.text_sample(rng, self.image_size)
         else:
@@ -95,6 +99,13 @@ class SyntheticDataset(SeededDataset):
             sample = make(rng, self.image_size, self.encode_box)
         sample.id = f"synthetic-{self.split}-{index}"
         return sample
+
+    def drawn_shapes(self, index: int) -> list[shapes.Shape]:
+        """The shapes in sample ``index``'s image, boxes in its pixels (none for the text
+        task): every shape task draws them first from the sample's generator, so drawing them
+        again from the same generator gives the image's shapes without rendering it."""
+        task, rng = self._draw_task(index)
+        return [] if task == "text" else shapes.sample_shapes(rng, self.image_size)
 
     def mean_target_box(self, limit: int = 2000) -> Box:
         """Mean target box of the first ``limit`` grounding samples, as fractions of the image:

@@ -34,6 +34,8 @@ class Shape:
     box: tuple[int, int, int, int]
 
 
+# Each task below draws its shapes first, from the sample's generator as given: the dataset's
+# drawn_shapes relies on it to read a sample's shapes back.
 def sample_shapes(
     rng: np.random.Generator,
     size: int,
