@@ -112,29 +112,33 @@ class ScreenAsker:
     def _pick(rng: np.random.Generator, elements: list[Element]) -> Element | None:
         return elements[int(rng.integers(len(elements)))] if elements else None
 
-    def widget(self, rng: np.random.Generator, screen: Screen) -> Question | None:
-        element = self._pick(rng, [e for e in screen.elements if e.kind not in BARS])
+    def _refer(
+        self,
+        rng: np.random.Generator,
+        task: str,
+        candidates: list[Element],
+        screen: Screen,
+        metric: str,
+        answer: str = "text",
+    ) -> Question | None:
+        """A ``task`` question naming one of ``candidates`` by box or point, answered with
+        the element's ``answer`` attribute."""
+        element = self._pick(rng, candidates)
         if element is None:
             return None
-        where = self._where(rng, element, screen)
-        question = QUESTIONS["widget"].format(where=where)
-        return Question(question, element.kind, WIDGET_METRIC, element=element)
+        question = QUESTIONS[task].format(where=self._where(rng, element, screen))
+        return Question(question, getattr(element, answer), metric, element=element)
+
+    def widget(self, rng: np.random.Generator, screen: Screen) -> Question | None:
+        candidates = [e for e in screen.elements if e.kind not in BARS]
+        return self._refer(rng, "widget", candidates, screen, WIDGET_METRIC, answer="kind")
 
     def ocr(self, rng: np.random.Generator, screen: Screen) -> Question | None:
-        element = self._pick(rng, [e for e in screen.elements if e.kind in TEXT_KINDS])
-        if element is None:
-            return None
-        where = self._where(rng, element, screen)
-        question = QUESTIONS["ocr"].format(where=where)
-        return Question(question, element.text, REFERRING_METRIC, element=element)
+        candidates = [e for e in screen.elements if e.kind in TEXT_KINDS]
+        return self._refer(rng, "ocr", candidates, screen, REFERRING_METRIC)
 
     def icon(self, rng: np.random.Generator, screen: Screen) -> Question | None:
-        element = self._pick(rng, screen.of_kind("icon"))
-        if element is None:
-            return None
-        where = self._where(rng, element, screen)
-        question = QUESTIONS["icon"].format(where=where)
-        return Question(question, element.text, REFERRING_METRIC, element=element)
+        return self._refer(rng, "icon", screen.of_kind("icon"), screen, REFERRING_METRIC)
 
     def _grounded(self, question: str, element: Element, screen: Screen) -> Question:
         box = tuple(float(v) for v in element.box)
