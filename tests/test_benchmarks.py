@@ -16,7 +16,7 @@ from PIL import Image
 
 from mm15_components import MM15Module
 from mm15_components.cli import main
-from mm15_components.data import BenchmarkDataModule
+from mm15_components.data import BenchmarkDataModule, Loader
 from mm15_components.data.benchmarks import EncodedBenchmark, load_refs, read_benchmark
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy
 from mm15_components.grounding.codec import BoxCodec
@@ -155,7 +155,9 @@ def answer_records(tmp_path: Path) -> list[dict]:
 @pytest.mark.parametrize("benchmark", CASES)
 def test_known_answers_score_what_the_metric_says(benchmark, tmp_path):
     make, answers, metric, expected = CASES[benchmark]
-    data = BenchmarkDataModule(benchmark, str(make(tmp_path / "files")), batch_size=2)
+    data = BenchmarkDataModule(
+        benchmark, str(make(tmp_path / "files")), loader=Loader(batch_size=2)
+    )
     metrics = validate(data, answers, tmp_path)
     assert metrics[f"val/{metric}"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
     assert {k for k in metrics if k != "val/loss"} == {f"val/{metric}"}  # nothing else updated

@@ -120,7 +120,7 @@ def test_tiny_recipes_run_one_step(recipe, tmp_path):
             str(recipe),
             "--trainer.fast_dev_run=1",
             f"--trainer.default_root_dir={tmp_path}",
-            "--data.init_args.num_workers=0",
+            "--data.init_args.loader.num_workers=0",
         ]
     )
 
@@ -138,8 +138,8 @@ def test_config_and_latest_checkpoint_are_saved_with_each_run(tmp_path):
             "--trainer.limit_val_batches=1",
             "--trainer.log_every_n_steps=1",
             f"--trainer.default_root_dir={tmp_path}",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=4",
+            "--data.init_args.loader.num_workers=0",
+            "--data.init_args.loader.batch_size=4",
             "--data.init_args.val_samples=4",
             "--data.init_args.tasks={grounding: 1.0}",
             "--trainer.logger=CSVLogger",
@@ -192,10 +192,10 @@ def test_inspect_command(tmp_path, capsys):
 def test_build_from_config_links_data_to_model_and_takes_overrides(monkeypatch, recwarn):
     script_argv = ["script.py", "run.ckpt", "--steps", "3"]  # a script's own arguments
     monkeypatch.setattr(sys, "argv", list(script_argv))
-    module, data = build_from_config(str(QUICKSTART), "--data.init_args.batch_size=5")
+    module, data = build_from_config(str(QUICKSTART), "--data.init_args.loader.batch_size=5")
     assert sys.argv == script_argv
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
-    assert data.batch_size == 5
+    assert data.loader.batch_size == 5
     assert module.tokenizer is data.tokenizer
     embeddings = module.model.language.model.get_input_embeddings()
     assert embeddings.num_embeddings == len(data.tokenizer)

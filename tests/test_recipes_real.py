@@ -9,7 +9,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from mm15_components import MM15Model
-from mm15_components.data import ConversationDataModule, Mixture
+from mm15_components.data import ConversationDataModule, Encoding, Mixture
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.vision import AnyResSplitter
 
@@ -124,11 +124,10 @@ def test_sft_stage_splits_images_like_mm15():
     # image tokens the layout promises: a 1344 px square is 2x2 tiles of 672 + the overview.
     data = ConversationDataModule(
         built.train,
-        splitter=splitter,
-        tile_indicators="index",
         render_size=1344,
         train_samples=1,
         val_samples=64,
+        encoding=Encoding(splitter=splitter, tile_indicators="index"),
     )
     data.adopt_geometry(model)
     assert (data.image_size, data.image_tokens) == (672, 144)

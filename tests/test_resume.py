@@ -42,8 +42,8 @@ def fit(root: Path, max_steps: int, train_samples: int, workers: int, ckpt: Path
         f"--trainer.max_steps={max_steps}",
         f"--trainer.default_root_dir={root}",
         f"--data.init_args.train_samples={train_samples}",
-        f"--data.init_args.batch_size={BATCH}",
-        f"--data.init_args.num_workers={workers}",
+        f"--data.init_args.loader.batch_size={BATCH}",
+        f"--data.init_args.loader.num_workers={workers}",
         f"--model.init_args.lr_scheduler.init_args.total_steps={STEPS}",
         "--model.init_args.lr_scheduler.init_args.warmup_steps=2",
     ]

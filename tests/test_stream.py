@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from mm15_components.cli import main
+from mm15_components.data import Encoding, Loader
 from mm15_components.data.conversation import ConversationDataModule
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy, JSONSource
 from mm15_components.data.mixture import Mixture, Source
@@ -116,7 +117,10 @@ def fit(chunks, root, max_steps, ckpt_path=None):
     torch.manual_seed(0)
     train = Mixture([Source("general", path=str(chunks / "chunks")), Source("text_only")])
     data = ConversationDataModule(
-        train, image_size=16, image_tokens=4, batch_size=4, train_samples=16, num_workers=1
+        train,
+        train_samples=16,
+        encoding=Encoding(image_size=16, image_tokens=4),
+        loader=Loader(batch_size=4, num_workers=1),
     )
     data.policy = BadSamplePolicy("raise")
     model = BagOfTokens(len(data.tokenizer))
