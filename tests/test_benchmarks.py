@@ -312,7 +312,7 @@ def test_every_eval_recipe_composes_with_a_model_recipe(recipe, capsys):
               "--print_config"])  # fmt: skip
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"].endswith("BenchmarkDataModule")
-    assert printed["data"]["init_args"]["image_tokens"] == 64  # kept from the model recipe
+    assert printed["data"]["init_args"]["encoding"]["image_tokens"] == 64  # kept from the model
     assert printed["trainer"]["limit_val_batches"] == 1.0
 
 
@@ -326,9 +326,10 @@ def test_eval_recipe_over_the_real_training_command_keeps_its_data_settings(caps
               "--print_config"])  # fmt: skip
     data = yaml.safe_load(capsys.readouterr().out)["data"]
     assert data["class_path"].endswith("BenchmarkDataModule")
-    assert data["init_args"]["tokenizer"] == "Qwen/Qwen2.5-1.5B"
-    assert data["init_args"]["splitter"]["init_args"]["tile_size"] == 672
-    assert data["init_args"]["tile_indicators"] == "index"
+    encoding = data["init_args"]["encoding"]
+    assert encoding["tokenizer"] == "Qwen/Qwen2.5-1.5B"
+    assert encoding["splitter"]["init_args"]["tile_size"] == 672
+    assert encoding["tile_indicators"] == "index"
     assert data["init_args"]["prompt"].startswith("{question}\n")
 
 

@@ -74,7 +74,7 @@ class EncodedSource(Dataset):
         (``lengths.token_counts``); ``lengths.BAD`` for samples that are bad, too long ones
         included."""
         counts = token_counts(self.samples, self.encoder, indices, self.count_workers)
-        if self.loader.max_tokens is not None:
+        if self.max_tokens is not None:
             counts[counts > self.max_tokens] = BAD
         return counts
 
