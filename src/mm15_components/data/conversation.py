@@ -265,8 +265,10 @@ class ConversationDataModule(ModelGeometry, L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         pad = self.tokenizer.pad_token_id
         counts = MixtureCounts()
-        return self.loader.build(self.train_set, pad, self.seed, True, self.trainer, counts)
+        return self.loader.build(
+            self.train_set, pad, self.seed, train=True, trainer=self.trainer, counts=counts
+        )
 
     def val_dataloader(self) -> ResumableLoader:
         pad = self.tokenizer.pad_token_id
-        return self.loader.build(self.val_set, pad, self.seed, False, self.trainer)
+        return self.loader.build(self.val_set, pad, self.seed, train=False, trainer=self.trainer)

@@ -43,6 +43,7 @@ class Loader:
         dataset: Dataset,
         pad_token_id: int,
         seed: int,
+        *,
         train: bool,
         trainer: L.Trainer | None = None,
         counts: MixtureCounts | None = None,

@@ -94,10 +94,10 @@ class UIDataModule(ModelGeometry, L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         return self.loader.build(
-            self.train_set, self.tokenizer.pad_token_id, self.seed, True, self.trainer
+            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
         )
 
     def val_dataloader(self) -> ResumableLoader:
         return self.loader.build(
-            self.val_set, self.tokenizer.pad_token_id, self.seed, False, self.trainer
+            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
         )
