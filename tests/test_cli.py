@@ -71,7 +71,7 @@ def test_every_composition_parses(files, capsys):
     if "snippets/random_init.yaml" in files:
         assert model["vision"]["init_args"]["pretrained"] is None
         assert model["language"]["init_args"]["pretrained"] is None
-        assert printed["data"]["init_args"]["tokenizer"] is None
+        assert printed["data"]["init_args"]["encoding"]["tokenizer"] is None
 
 
 def test_every_shipped_file_is_in_a_tested_composition():
@@ -96,9 +96,10 @@ def test_sft_composition_reads_like_the_paper(capsys):
         "dfn5b",
         672,
     )
-    splitter = data["splitter"]["init_args"]
+    encoding = data["encoding"]
+    splitter = encoding["splitter"]["init_args"]
     assert (splitter["tile_size"], splitter["min_tiles"], splitter["max_tiles"]) == (672, 4, 9)
-    assert data["image_size"] is None and data["image_tokens"] is None  # from the model
+    assert encoding["image_size"] is None and encoding["image_tokens"] is None  # the model's
     assert data["train"]["groups"] == {"single_image": 0.8, "multi_image": 0.1, "text_only": 0.1}
     paths = [source["path"] for source in data["train"]["sources"]]
     assert len(paths) == 8 and all(p and not p.startswith("/") for p in paths)

@@ -262,11 +262,6 @@ class MixtureCounts:
         self.categories.update(batch["categories"])
         batch["data_counts"] = self.state_dict()
 
-    def shares(self) -> dict[str, float]:
-        """Each category's realised share of the samples counted, by name."""
-        total = sum(self.categories.values())
-        return {c: n / total for c, n in sorted(self.categories.items())}
-
     def state_dict(self) -> dict[str, Any]:
         return {"skipped": self.skipped, "categories": dict(self.categories)}
 
