@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.conversation import ConversationDataModule, EncodedSource
-from mm15_components.data.datamodule import data_tokenizer
+from mm15_components.data.encoding import data_tokenizer
 from mm15_components.data.formats import (
     FORMATS,
     BadSampleError,

@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from PIL import Image
 
 from mm15_components import MM15Module
-from mm15_components.data import BenchmarkDataModule
+from mm15_components.data import BenchmarkDataModule, Loader
 from mm15_components.data.prompt import question_turn
 from mm15_components.grounding.codec import BoxCodec
 
@@ -54,7 +54,7 @@ def main(out: str, devices: int) -> None:
     torch.set_num_threads(1)
     root = Path(out)
     L.seed_everything(0)
-    data = BenchmarkDataModule("llava", str(questions(root)), batch_size=2)
+    data = BenchmarkDataModule("llava", str(questions(root)), loader=Loader(batch_size=2))
     # rank r of 2 answers questions r, r + 2, ...
     data.records = [
         replace(record, metric=metric, target_box=BOX if metric == "grounding_acc" else None)

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from mm15_components import MM15Module
-from mm15_components.data import SyntheticDataModule
+from mm15_components.data import Loader, SyntheticDataModule
 
 
 class LossRecorder(Callback):
@@ -31,7 +31,7 @@ class LossRecorder(Callback):
 def main(out: str, devices: int, batch_size: int) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
-    data = SyntheticDataModule(batch_size=batch_size, val_samples=8, shuffle=False)
+    data = SyntheticDataModule(val_samples=8, loader=Loader(batch_size=batch_size, shuffle=False))
     module = MM15Module(
         tiny_model(), data.tokenizer, optimizer=lambda p: torch.optim.SGD(p, lr=0.5)
     )

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mm15_components import MM15Model, MM15Module
 from mm15_components.connectors import MLPProjector
-from mm15_components.data import ConversationDataModule, Mixture, Source
+from mm15_components.data import ConversationDataModule, Encoding, Mixture, Source
 from mm15_components.data.prompt import question_turn
 from mm15_components.language import CausalLM, build_word_tokenizer
 from mm15_components.vision import OpenCLIPVisionEncoder
@@ -41,9 +41,10 @@ def build_chatml_tokenizer(words):
     return tokenizer
 
 
-def training_turn(folder: Path, question: str, tokenizer: str, **data_args) -> tuple:
+def training_turn(folder: Path, question: str, tokenizer: str, **encoding) -> tuple:
     """A green image and the encoded training sample of one conversation asking ``question``
-    about it (``folder`` holds its files): what a prompt at inference must reproduce."""
+    about it (``folder`` holds its files): what a prompt at inference must reproduce.
+    ``encoding``: more ``Encoding`` settings of the data."""
     image = Image.new("RGB", (64, 48), (10, 200, 30))
     image.save(folder / "train.png")
     turns = [
@@ -53,7 +54,9 @@ def training_turn(folder: Path, question: str, tokenizer: str, **data_args) -> t
     record = {"id": "r0", "image": "train.png", "conversations": turns}
     (folder / "sft.json").write_text(json.dumps([record]))
     mixture = Mixture([Source("refer_ground", path=str(folder / "sft.json"))])
-    data = ConversationDataModule(mixture, tokenizer=tokenizer, val_samples=1, **data_args)
+    data = ConversationDataModule(
+        mixture, val_samples=1, encoding=Encoding(tokenizer=tokenizer, **encoding)
+    )
     data.setup("validate")
     return image, data.val_set[0]
 

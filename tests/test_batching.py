@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mm15_components.data import SyntheticDataModule
+from mm15_components.data import Loader, SyntheticDataModule
 from mm15_components.data.batching import TokenBudgetBatchSampler, token_budget_batches
 from mm15_components.data.sampler import ResumableBatchSampler, ResumableLoader
 
@@ -69,7 +69,9 @@ def test_epochs_ranks_and_resume(make):
 
 
 def test_datamodule_batches_by_token_budget():
-    data = SyntheticDataModule(train_samples=40, val_samples=8, max_tokens=100, seed=1)
+    data = SyntheticDataModule(
+        train_samples=40, val_samples=8, seed=1, loader=Loader(max_tokens=100)
+    )
     data.setup("fit")
     lengths = data.train_set.lengths()
     assert lengths.tolist() == [len(data.train_set[i]["input_ids"]) for i in range(40)]

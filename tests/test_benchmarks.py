@@ -16,7 +16,7 @@ from PIL import Image
 
 from mm15_components import MM15Module
 from mm15_components.cli import main
-from mm15_components.data import BenchmarkDataModule
+from mm15_components.data import BenchmarkDataModule, Loader
 from mm15_components.data.benchmarks import EncodedBenchmark, load_refs, read_benchmark
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy
 from mm15_components.grounding.codec import BoxCodec
@@ -155,7 +155,9 @@ def answer_records(tmp_path: Path) -> list[dict]:
 @pytest.mark.parametrize("benchmark", CASES)
 def test_known_answers_score_what_the_metric_says(benchmark, tmp_path):
     make, answers, metric, expected = CASES[benchmark]
-    data = BenchmarkDataModule(benchmark, str(make(tmp_path / "files")), batch_size=2)
+    data = BenchmarkDataModule(
+        benchmark, str(make(tmp_path / "files")), loader=Loader(batch_size=2)
+    )
     metrics = validate(data, answers, tmp_path)
     assert metrics[f"val/{metric}"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
     assert {k for k in metrics if k != "val/loss"} == {f"val/{metric}"}  # nothing else updated
@@ -310,7 +312,7 @@ def test_every_eval_recipe_composes_with_a_model_recipe(recipe, capsys):
               "--print_config"])  # fmt: skip
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"].endswith("BenchmarkDataModule")
-    assert printed["data"]["init_args"]["image_tokens"] == 64  # kept from the model recipe
+    assert printed["data"]["init_args"]["encoding"]["image_tokens"] == 64  # kept from the model
     assert printed["trainer"]["limit_val_batches"] == 1.0
 
 
@@ -324,9 +326,10 @@ def test_eval_recipe_over_the_real_training_command_keeps_its_data_settings(caps
               "--print_config"])  # fmt: skip
     data = yaml.safe_load(capsys.readouterr().out)["data"]
     assert data["class_path"].endswith("BenchmarkDataModule")
-    assert data["init_args"]["tokenizer"] == "Qwen/Qwen2.5-1.5B"
-    assert data["init_args"]["splitter"]["init_args"]["tile_size"] == 672
-    assert data["init_args"]["tile_indicators"] == "index"
+    encoding = data["init_args"]["encoding"]
+    assert encoding["tokenizer"] == "Qwen/Qwen2.5-1.5B"
+    assert encoding["splitter"]["init_args"]["tile_size"] == 672
+    assert encoding["tile_indicators"] == "index"
     assert data["init_args"]["prompt"].startswith("{question}\n")
 
 

@@ -71,7 +71,7 @@ def test_every_composition_parses(files, capsys):
     if "snippets/random_init.yaml" in files:
         assert model["vision"]["init_args"]["pretrained"] is None
         assert model["language"]["init_args"]["pretrained"] is None
-        assert printed["data"]["init_args"]["tokenizer"] is None
+        assert printed["data"]["init_args"]["encoding"]["tokenizer"] is None
 
 
 def test_every_shipped_file_is_in_a_tested_composition():
@@ -96,9 +96,10 @@ def test_sft_composition_reads_like_the_paper(capsys):
         "dfn5b",
         672,
     )
-    splitter = data["splitter"]["init_args"]
+    encoding = data["encoding"]
+    splitter = encoding["splitter"]["init_args"]
     assert (splitter["tile_size"], splitter["min_tiles"], splitter["max_tiles"]) == (672, 4, 9)
-    assert data["image_size"] is None and data["image_tokens"] is None  # from the model
+    assert encoding["image_size"] is None and encoding["image_tokens"] is None  # the model's
     assert data["train"]["groups"] == {"single_image": 0.8, "multi_image": 0.1, "text_only": 0.1}
     paths = [source["path"] for source in data["train"]["sources"]]
     assert len(paths) == 8 and all(p and not p.startswith("/") for p in paths)
@@ -120,7 +121,7 @@ def test_tiny_recipes_run_one_step(recipe, tmp_path):
             str(recipe),
             "--trainer.fast_dev_run=1",
             f"--trainer.default_root_dir={tmp_path}",
-            "--data.init_args.num_workers=0",
+            "--data.init_args.loader.num_workers=0",
         ]
     )
 
@@ -138,8 +139,8 @@ def test_config_and_latest_checkpoint_are_saved_with_each_run(tmp_path):
             "--trainer.limit_val_batches=1",
             "--trainer.log_every_n_steps=1",
             f"--trainer.default_root_dir={tmp_path}",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.batch_size=4",
+            "--data.init_args.loader.num_workers=0",
+            "--data.init_args.loader.batch_size=4",
             "--data.init_args.val_samples=4",
             "--data.init_args.tasks={grounding: 1.0}",
             "--trainer.logger=CSVLogger",
@@ -216,10 +217,10 @@ def test_inspect_command(tmp_path, capsys):
 def test_build_from_config_links_data_to_model_and_takes_overrides(monkeypatch, recwarn):
     script_argv = ["script.py", "run.ckpt", "--steps", "3"]  # a script's own arguments
     monkeypatch.setattr(sys, "argv", list(script_argv))
-    module, data = build_from_config(str(QUICKSTART), "--data.init_args.batch_size=5")
+    module, data = build_from_config(str(QUICKSTART), "--data.init_args.loader.batch_size=5")
     assert sys.argv == script_argv
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
-    assert data.batch_size == 5
+    assert data.loader.batch_size == 5
     assert module.tokenizer is data.tokenizer
     embeddings = module.model.language.input_embeddings
     assert embeddings.num_embeddings == len(data.tokenizer)

@@ -21,7 +21,7 @@ SHORT = [
     "--trainer.logger=CSVLogger",
     "--trainer.logger.save_dir=logs",
 ]
-SMALL_DATA = ["--data.init_args.batch_size=4", "--trainer.limit_val_batches=0"]
+SMALL_DATA = ["--data.init_args.loader.batch_size=4", "--trainer.limit_val_batches=0"]
 
 pytestmark = pytest.mark.slow
 

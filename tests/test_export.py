@@ -29,7 +29,7 @@ QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     """(last.ckpt of 2 quickstart steps, its export)."""
     root = tmp_path_factory.mktemp("export")
-    steps = ["--data.init_args.batch_size=4", "--trainer.max_steps=2"]
+    steps = ["--data.init_args.loader.batch_size=4", "--trainer.max_steps=2"]
     steps += ["--trainer.limit_val_batches=0", f"--trainer.default_root_dir={root}"]
     main(["fit", "--config", QUICKSTART, *steps, *QUIET])
     (checkpoint,) = root.rglob("last.ckpt")
@@ -97,7 +97,7 @@ def test_chat_asks_in_the_tokenizers_own_template_as_training_does(tmp_path):
     training conversation with that question and image, token for token."""
     tokenizer = build_chatml_tokenizer(vocabulary())
     tokenizer.save_pretrained(tmp_path / "tok")
-    recipe = [f"--data.init_args.tokenizer={tmp_path / 'tok'}"]
+    recipe = [f"--data.init_args.encoding.tokenizer={tmp_path / 'tok'}"]
     module, _ = build_from_config(QUICKSTART, *recipe)
     save_weights(module.model, tmp_path / "weights")
     paths = [f"--ckpt_path={tmp_path}/weights", f"--output={tmp_path}/exported"]

@@ -1,10 +1,12 @@
 import json
 import warnings
+from collections import Counter
 
 import pytest
 from helpers import build_chatml_tokenizer
 from PIL import Image
 
+from mm15_components.data import Encoding, Loader
 from mm15_components.data.collate import SampleEncoder
 from mm15_components.data.conversation import (
     DOCUMENT_TEMPLATE,
@@ -71,13 +73,15 @@ def test_template_choice_follows_the_tokenizer(tokenizer, chatml_tokenizer):
 def test_data_module_uses_a_pretrained_tokenizers_template(tmp_path, chatml_tokenizer):
     chatml_tokenizer.save_pretrained(tmp_path / "tok")
     train = Mixture([Source("text_only")])
-    data = ConversationDataModule(train, tokenizer=str(tmp_path / "tok"), batch_size=2)
+    data = ConversationDataModule(
+        train, encoding=Encoding(tokenizer=str(tmp_path / "tok")), loader=Loader(batch_size=2)
+    )
     assert isinstance(data.chat_template, TokenizerChatTemplate)
     data.setup("fit")
     tokens = data.tokenizer.convert_ids_to_tokens(data.train_set[0]["input_ids"])
     assert tokens[:2] == ["<|im_start|>", "user"] and tokens[-1] == "<|im_end|>"
     plain = ConversationDataModule(
-        train, tokenizer=str(tmp_path / "tok"), use_tokenizer_template=False
+        train, encoding=Encoding(tokenizer=str(tmp_path / "tok"), use_tokenizer_template=False)
     )
     assert isinstance(plain.chat_template, ChatTemplate)
 
@@ -260,11 +264,16 @@ def test_data_module_batches_count_skipped_samples_and_logger_logs_them(tmp_path
     train = Mixture([Source("general", path=str(path)), Source("text_only")])
     with pytest.warns(UserWarning):
         data = ConversationDataModule(
-            train, batch_size=16, train_samples=64, val_samples=8, max_bad_fraction=1.0
+            train,
+            train_samples=64,
+            val_samples=8,
+            max_bad_fraction=1.0,
+            loader=Loader(batch_size=16),
         )
         data.prepare_data()
         data.setup("fit")
-        batches = list(data.train_dataloader())
+        loader = data.train_dataloader()
+        batches = list(loader)
     assert sum(batch["skipped"] for batch in batches) > 0
     assert data.policy.counts.keys() == {"missing_file", "malformed_json"}
     categories = [c for batch in batches for c in batch["categories"]]
@@ -286,9 +295,14 @@ def test_data_module_batches_count_skipped_samples_and_logger_logs_them(tmp_path
     assert module.logged["data/skipped"] == sum(batch["skipped"] for batch in batches)
     share = categories.count("general") / len(categories)
     assert module.logged["data/share/general"] == pytest.approx(share)
-    restored = MixtureStatsLogger()
-    restored.load_state_dict(logger.state_dict())
-    assert restored.counts == logger.counts and restored.skipped == logger.skipped
+    counts = {
+        "skipped": sum(batch["skipped"] for batch in batches),
+        "categories": Counter(categories),
+    }
+    assert loader.state_dict()["counts"] == counts
+    restored = data.train_dataloader()
+    restored.load_state_dict(loader.state_dict())
+    assert restored.state_dict() == loader.state_dict()
 
 
 def test_setup_adds_the_stats_logger_once():
@@ -306,7 +320,9 @@ def test_raise_policy_through_the_data_module(tmp_path):
     cases, good = bad_files(tmp_path)
     path = write_jsonl(tmp_path / "bad.jsonl", [good, "{oops"])
     train = Mixture([Source("general", path=str(path))])
-    data = ConversationDataModule(train, on_bad_sample="raise", train_samples=16, batch_size=16)
+    data = ConversationDataModule(
+        train, on_bad_sample="raise", train_samples=16, loader=Loader(batch_size=16)
+    )
     data.setup("fit")
     with pytest.raises(BadSampleError, match=r"bad\.jsonl:2: malformed JSON"):
         next(iter(data.train_dataloader()))

@@ -27,7 +27,7 @@ COMPOSITION = [
 ]
 CPU_SIZE = [
     "--model.init_args.model.init_args.vision.init_args.image_size=378",
-    "--data.init_args.splitter.init_args.tile_size=378",
+    "--data.init_args.encoding.splitter.init_args.tile_size=378",
     "--data.init_args.render_size=756",
 ]
 
@@ -49,7 +49,7 @@ def train_two_steps(root: Path, devices: int) -> list[dict]:
         "--trainer.limit_val_batches=0", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}",
         f"--trainer.callbacks={record}",
-        "--data.init_args.batch_size=1", "--data.init_args.num_workers=0",
+        "--data.init_args.loader.batch_size=1", "--data.init_args.loader.num_workers=0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS=str(2 // devices))
     subprocess.run(command, check=True, cwd=root, env=env, timeout=900, capture_output=True)

@@ -4,7 +4,13 @@ must agree, and a disagreement names both keys and values."""
 import pytest
 from helpers import tiny_model
 
-from mm15_components.data import ConversationDataModule, Mixture, Source, SyntheticDataModule
+from mm15_components.data import (
+    ConversationDataModule,
+    Encoding,
+    Mixture,
+    Source,
+    SyntheticDataModule,
+)
 from mm15_components.vision import AnyResSplitter
 
 
@@ -24,26 +30,29 @@ def test_unset_values_come_from_the_model():
 def test_stated_values_that_disagree_are_named():
     model = tiny_model(pool=2)  # 16 tokens per image
     with pytest.raises(ValueError) as error:
-        SyntheticDataModule(image_tokens=64, val_samples=2).adopt_geometry(model)
+        SyntheticDataModule(val_samples=2, encoding=Encoding(image_tokens=64)).adopt_geometry(model)
     assert str(error.value).startswith(
-        "data.init_args.image_tokens=64 disagrees with the model's tokens_per_image "
+        "data.init_args.encoding.image_tokens=64 disagrees with the model's tokens_per_image "
         "(the connector's)=16"
     )
     with pytest.raises(ValueError, match=r"image_size=32 disagrees .* input size\)=64"):
-        SyntheticDataModule(image_size=32, val_samples=2).adopt_geometry(model)
-    with pytest.raises(ValueError, match=r"data.init_args.mean=\[0.5, 0.5, 0.5\] disagrees"):
-        SyntheticDataModule(mean=(0.5, 0.5, 0.5), val_samples=2).adopt_geometry(model)
-    agreeing = SyntheticDataModule(image_size=64, image_tokens=16, val_samples=2)
+        SyntheticDataModule(val_samples=2, encoding=Encoding(image_size=32)).adopt_geometry(model)
+    gray = SyntheticDataModule(val_samples=2, encoding=Encoding(mean=(0.5, 0.5, 0.5)))
+    with pytest.raises(ValueError, match=r"encoding.mean=\[0.5, 0.5, 0.5\] disagrees"):
+        gray.adopt_geometry(model)
+    agreeing = SyntheticDataModule(val_samples=2, encoding=Encoding(image_size=64, image_tokens=16))
     agreeing.adopt_geometry(model)  # stated and equal: fine
 
 
 def test_a_splitter_for_another_tile_size_is_named():
     data = ConversationDataModule(
-        Mixture([Source("general")]), splitter=AnyResSplitter(tile_size=378), val_samples=2
+        Mixture([Source("general")]),
+        val_samples=2,
+        encoding=Encoding(splitter=AnyResSplitter(tile_size=378)),
     )
     with pytest.raises(ValueError) as error:
         data.adopt_geometry(tiny_model())
     assert str(error.value).startswith(
-        "data.init_args.splitter.init_args.tile_size=378 disagrees with the model's "
+        "data.init_args.encoding.splitter.init_args.tile_size=378 disagrees with the model's "
         "vision.image_size (the encoder's input size)=64"
     )

@@ -5,7 +5,7 @@ import torch
 from helpers import tiny_model
 
 from mm15_components import MM15Module
-from mm15_components.data import SyntheticDataModule
+from mm15_components.data import Encoding, Loader, SyntheticDataModule
 from mm15_components.grounding import BoxCodec
 from mm15_components.grounding.head import CoordinateGroundingHead
 
@@ -57,7 +57,9 @@ def test_head_needs_bind_and_valid_settings():
 
 @pytest.mark.parametrize("style", ["text", "tokens"])
 def test_training_loss_adds_the_head_term_normalised_like_the_answer_loss(style):
-    data = SyntheticDataModule(codec=BoxCodec(style=style), val_samples=8, batch_size=8)
+    data = SyntheticDataModule(
+        val_samples=8, encoding=Encoding(codec=BoxCodec(style=style)), loader=Loader(batch_size=8)
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     head = CoordinateGroundingHead(sigma=4.0, weight=2.0)
@@ -84,7 +86,9 @@ def test_training_loss_adds_the_head_term_normalised_like_the_answer_loss(style)
 
 
 def test_head_refuses_tokenizers_that_split_coordinates():
-    data = SyntheticDataModule(codec=BoxCodec(bins=2000), val_samples=8)  # numbers end at 1999
+    data = SyntheticDataModule(
+        val_samples=8, encoding=Encoding(codec=BoxCodec(bins=2000))
+    )  # numbers end at 1999
     bigger = BoxCodec(bins=4000)  # ... so values 2000.. are not single tokens
     with pytest.raises(ValueError, match="one token per coordinate"):
         MM15Module(

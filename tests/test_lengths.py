@@ -10,6 +10,7 @@ from PIL import Image, ImageFile
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from mm15_components.data import Loader
 from mm15_components.data.collate import SampleEncoder
 from mm15_components.data.conversation import DOCUMENT_TEMPLATE, ConversationDataModule
 from mm15_components.data.formats import JSONSource
@@ -133,12 +134,11 @@ def test_bad_and_too_long_samples_through_the_mixture(tmp_path, tokenizer, worke
     train = Mixture([Source("general", path=str(path)), Source("math")], categories={"math": 5})
     data = ConversationDataModule(
         train,
-        max_tokens=400,
         max_sample_tokens=60,
         train_samples=800,
         val_samples=8,
-        num_workers=workers,
-        max_bad_fraction=1.0,  # a quarter of the file is bad, more of it too long
+        max_bad_fraction=1.0,
+        loader=Loader(max_tokens=400, num_workers=workers),
     )
     with pytest.warns(UserWarning):  # bad samples skipped
         data.setup("fit")

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm15_components import MM15Module
-from mm15_components.data import SyntheticDataModule, VideoDataModule
+from mm15_components.data import Encoding, Loader, SyntheticDataModule, VideoDataModule
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.prompt import question_turn
 from mm15_components.data.schema import Sample, Turn
@@ -21,7 +21,9 @@ from mm15_components.vision.encoder import CLIP_MEAN, CLIP_STD
 def test_validation_scores_decoded_answers_against_target_boxes():
     """With every answer fixed to (nearly) the whole image, Acc@0.5 and mean IoU must equal
     what the target boxes alone give, computed here by hand."""
-    data = SyntheticDataModule(val_samples=48, batch_size=16, image_size=64)
+    data = SyntheticDataModule(
+        val_samples=48, encoding=Encoding(image_size=64), loader=Loader(batch_size=16)
+    )
     module = MM15Module(tiny_model(), data.tokenizer)
     seen_images = []
 
@@ -162,7 +164,9 @@ def test_a_sample_that_cannot_be_scored_is_named(fields, message):
 
 
 def test_video_validation_reports_answer_accuracy():
-    data = VideoDataModule(num_frames=4, val_samples=6, batch_size=3, image_tokens=16)
+    data = VideoDataModule(
+        num_frames=4, val_samples=6, encoding=Encoding(image_tokens=16), loader=Loader(batch_size=3)
+    )
     module = MM15Module(tiny_model(), data.tokenizer)
     truth = [data.val_samples[i].answers[0] for i in range(6)]
     answers = iter(truth[:4] + ["sideways", "none"])

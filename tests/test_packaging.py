@@ -75,7 +75,7 @@ def test_wheel_holds_the_recipes_and_trains_from_an_empty_directory(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "mm15_components", "fit", "--config=recipes/quickstart.yaml",
                "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-               "--trainer.enable_progress_bar=false", "--data.init_args.batch_size=4",
+               "--trainer.enable_progress_bar=false", "--data.init_args.loader.batch_size=4",
                "--data.init_args.val_samples=4"]  # fmt: skip
     result = subprocess.run(command, cwd=run_dir, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,7 @@ from helpers import TINY_LLAMA
 
 from mm15_components import MM15Model, MM15Module
 from mm15_components.connectors import MLPProjector
-from mm15_components.data import SyntheticDataModule
+from mm15_components.data import Loader, SyntheticDataModule
 from mm15_components.data.collate import collate
 from mm15_components.data.packing import collate_packed, pack_rows
 from mm15_components.language import CausalLM
@@ -71,7 +71,9 @@ def test_sample_longer_than_a_row_is_named(data):
 
 
 def test_datamodule_packs_training_batches_only():
-    data = SyntheticDataModule(train_samples=12, val_samples=4, batch_size=6, pack=90)
+    data = SyntheticDataModule(
+        train_samples=12, val_samples=4, loader=Loader(batch_size=6, pack=90)
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["input_ids"].shape[1] <= 90 and len(batch["ids"]) == 6

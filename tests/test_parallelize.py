@@ -7,7 +7,7 @@ from helpers import tiny_model
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from mm15_components import MM15Module
-from mm15_components.data import SyntheticDataModule
+from mm15_components.data import Loader, SyntheticDataModule
 from mm15_components.parallelize import parallelize
 
 
@@ -26,7 +26,9 @@ def gradients(module: MM15Module, batch: dict) -> dict[str, torch.Tensor]:
 
 def test_checkpointed_gradients_match_under_bf16_mixed():
     torch.manual_seed(int(torch.randint(0, 2**31, ())))
-    data = SyntheticDataModule(batch_size=4, val_samples=4, train_samples=4, shuffle=False)
+    data = SyntheticDataModule(
+        val_samples=4, train_samples=4, loader=Loader(batch_size=4, shuffle=False)
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     plain = MM15Module(tiny_model(), data.tokenizer)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import build_chatml_tokenizer, training_turn
 
-from mm15_components.data import QueryDataModule
+from mm15_components.data import Encoding, QueryDataModule
 from mm15_components.data.datamodule import SyntheticDataModule
 from mm15_components.data.prompt import question_sample, question_turn
 from mm15_components.data.synthetic.dataset import vocabulary
@@ -15,10 +15,10 @@ def prompt_of(item: dict) -> list[int]:
     return item["input_ids"][: item["prompt_length"]].tolist()
 
 
-def predict_item(tmp_path, image, question, **data_args) -> dict:
+def predict_item(tmp_path, image, question, **encoding) -> dict:
     path = tmp_path / "asked.png"
     image.save(path)
-    data = QueryDataModule([str(path)], query=question, **data_args)
+    data = QueryDataModule([str(path)], query=question, encoding=Encoding(**encoding))
     data.setup("predict")
     return data.predict_set[0]
 
@@ -35,7 +35,9 @@ def test_question_turn_places_the_question_before_the_images():
 
 
 def test_predict_prompt_equals_the_training_prompt_with_the_word_tokenizer(tmp_path):
-    data = SyntheticDataModule(tasks={"referring": 1.0}, val_samples=4, image_size=64)
+    data = SyntheticDataModule(
+        tasks={"referring": 1.0}, val_samples=4, encoding=Encoding(image_size=64)
+    )
     data.setup("validate")
     sample = data.val_samples[0]
     question = sample.turns[0].content.split("\n")[0]

@@ -9,7 +9,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from mm15_components import MM15Model
-from mm15_components.data import ConversationDataModule, Mixture
+from mm15_components.data import ConversationDataModule, Encoding, Mixture
 from mm15_components.moe.layer import MoEFeedForward
 from mm15_components.vision import AnyResSplitter
 
@@ -102,11 +102,12 @@ def test_sft_stage_splits_images_like_mm15():
     parser = ArgumentParser()
     parser.add_argument("--splitter", type=AnyResSplitter)
     parser.add_argument("--train", type=Mixture)
-    built = parser.instantiate(parser.parse_object({k: data_cfg[k] for k in ("splitter", "train")}))
+    given = {"splitter": data_cfg["encoding"]["splitter"], "train": data_cfg["train"]}
+    built = parser.instantiate(parser.parse_object(given))
     splitter = built.splitter
     # MM1.5's final splitting (MM15_FACTS section 2) with the C-Abstractor's 144 tokens
     assert (splitter.min_tiles, splitter.max_tiles, splitter.overview) == (4, 9, "after")
-    assert splitter.max_images_to_split == 2 and data_cfg["tile_indicators"] == "index"
+    assert splitter.max_images_to_split == 2 and data_cfg["encoding"]["tile_indicators"] == "index"
     assert splitter.tile_size == model.vision.image_size == 672
     assert model.vision.grid_size == (48, 48) and model.connector.pos_grid == (27, 27)
 
@@ -124,11 +125,10 @@ def test_sft_stage_splits_images_like_mm15():
     # image tokens the layout promises: a 1344 px square is 2x2 tiles of 672 + the overview.
     data = ConversationDataModule(
         built.train,
-        splitter=splitter,
-        tile_indicators="index",
         render_size=1344,
         train_samples=1,
         val_samples=64,
+        encoding=Encoding(splitter=splitter, tile_indicators="index"),
     )
     data.adopt_geometry(model)
     assert (data.image_size, data.image_tokens) == (672, 144)

@@ -1,23 +1,33 @@
 """Exact resume: a run stopped at step k and resumed from its checkpoint reaches the same
 weights at step n as a run that never stopped, mid-epoch and across epochs."""
 
+import itertools
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from mm15_components.cli import main
+from mm15_components.cli import build_from_config, main
 from mm15_components.data.sampler import ResumableBatchSampler, ResumableLoader
 
-QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
+RECIPES = Path(__file__).parents[1] / "recipes"
+QUICKSTART = RECIPES / "quickstart.yaml"
 STEPS = 6
 BATCH = 4
 
 
-def fit(root: Path, max_steps: int, train_samples: int, workers: int, ckpt: Path | None = None):
-    """The quickstart recipe, shrunk: no validation, no logger; ``last.ckpt`` (kept by the
-    mm15 command) at the last step."""
+def fit(
+    root: Path,
+    max_steps: int,
+    train_samples: int,
+    workers: int,
+    ckpt: Path | None = None,
+    recipe: Path = QUICKSTART,
+):
+    """``recipe`` (the quickstart), shrunk: no validation, no logger; ``last.ckpt`` (kept by
+    the mm15 command) at the last step."""
     root.mkdir(exist_ok=True)
     override = root / "override.yaml"
     override.write_text(
@@ -36,14 +46,14 @@ def fit(root: Path, max_steps: int, train_samples: int, workers: int, ckpt: Path
     args = [
         "fit",
         "--config",
-        str(QUICKSTART),
+        str(recipe),
         "--config",
         str(override),
         f"--trainer.max_steps={max_steps}",
         f"--trainer.default_root_dir={root}",
         f"--data.init_args.train_samples={train_samples}",
-        f"--data.init_args.batch_size={BATCH}",
-        f"--data.init_args.num_workers={workers}",
+        f"--data.init_args.loader.batch_size={BATCH}",
+        f"--data.init_args.loader.num_workers={workers}",
         f"--model.init_args.lr_scheduler.init_args.total_steps={STEPS}",
         "--model.init_args.lr_scheduler.init_args.warmup_steps=2",
     ]
@@ -81,6 +91,29 @@ def test_resumed_run_matches_uninterrupted(tmp_path, train_samples, stop, worker
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-7, msg=name)
+
+
+def test_resumed_mixture_counts_match_uninterrupted(tmp_path):
+    """The realised-share counts live in the loader's state: a run stopped mid-epoch and
+    resumed ends with the counts of a run that never stopped, and both equal the categories
+    of the first batches the data module gives (the counts do not lag the position)."""
+    recipe, samples = RECIPES / "sft.yaml", 40
+    reference = fit(tmp_path / "straight", STEPS, samples, 0, recipe=recipe)
+    fit(tmp_path / "resumed", 3, samples, 0, recipe=recipe)
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    resumed = fit(tmp_path / "resumed", STEPS, samples, 0, ckpt=last, recipe=recipe)
+    _, data = build_from_config(
+        str(recipe),
+        f"--data.init_args.train_samples={samples}",
+        f"--data.init_args.loader.batch_size={BATCH}",
+    )
+    data.setup("fit")
+    batches = list(itertools.islice(data.train_dataloader(), STEPS))
+    categories = Counter(c for batch in batches for c in batch["categories"])
+    assert sum(categories.values()) == STEPS * BATCH and len(categories) > 1
+    expected = {"epoch": 0, "consumed": STEPS, "counts": {"skipped": 0, "categories": categories}}
+    for run in (reference, resumed):
+        assert run["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [expected]
 
 
 def test_loader_counts_consumed_batches_not_prefetched():

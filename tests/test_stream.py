@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from mm15_components.cli import main
+from mm15_components.data import Encoding, Loader
 from mm15_components.data.conversation import ConversationDataModule
 from mm15_components.data.formats import BadSampleError, BadSamplePolicy, JSONSource
 from mm15_components.data.mixture import Mixture, Source
@@ -116,7 +117,10 @@ def fit(chunks, root, max_steps, ckpt_path=None):
     torch.manual_seed(0)
     train = Mixture([Source("general", path=str(chunks / "chunks")), Source("text_only")])
     data = ConversationDataModule(
-        train, image_size=16, image_tokens=4, batch_size=4, train_samples=16, num_workers=1
+        train,
+        train_samples=16,
+        encoding=Encoding(image_size=16, image_tokens=4),
+        loader=Loader(batch_size=4, num_workers=1),
     )
     data.policy = BadSamplePolicy("raise")
     model = BagOfTokens(len(data.tokenizer))
@@ -141,9 +145,9 @@ def test_training_on_chunks_resumes_bit_exactly(chunks, tmp_path):
     that lost the loader's position (the negative control) ends elsewhere."""
     straight = fit(chunks, tmp_path / "straight", 6)
     stopped = fit(chunks, tmp_path / "resumed", 3)
-    assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "consumed": 3}
-    ]
+    (position,) = stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (position["epoch"], position["consumed"]) == (0, 3)
+    assert sum(position["counts"]["categories"].values()) == 3 * 4  # 3 batches of 4
     resumed = fit(chunks, tmp_path / "resumed", 6, tmp_path / "resumed" / "last.ckpt")
     assert resumed["global_step"] == straight["global_step"] == 6
     for name, value in straight["state_dict"].items():

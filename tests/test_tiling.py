@@ -6,6 +6,7 @@ import torch
 from helpers import tiny_module
 from PIL import Image
 
+from mm15_components.data import Encoding
 from mm15_components.data.collate import SampleEncoder, collate
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic.dataset import vocabulary
@@ -79,7 +80,9 @@ def test_data_module_splits_when_given_a_splitter():
     from mm15_components.data import SyntheticDataModule
 
     splitter = AnyResSplitter(tile_size=64, min_tiles=4, max_tiles=4)
-    data = SyntheticDataModule(splitter=splitter, tile_indicators="seps", val_samples=4)
+    data = SyntheticDataModule(
+        val_samples=4, encoding=Encoding(splitter=splitter, tile_indicators="seps")
+    )
     data.setup("fit")
     item = data.val_set[0]
     assert len(item["pixel_values"]) == 5  # 2x2 tiles of a square image + overview

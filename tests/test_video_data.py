@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mm15_components.data import SyntheticDataModule, VideoDataModule
+from mm15_components.data import Encoding, SyntheticDataModule, VideoDataModule
 from mm15_components.data.formats import BadSampleBudgetError, BadSamplePolicy
 from mm15_components.data.schema import Turn
 from mm15_components.data.synthetic.motion import COLOURS, DIRECTIONS, render_clip
@@ -154,7 +154,9 @@ def test_frame_turns_needs_exactly_one_user_placeholder(turns):
 
 @pytest.mark.parametrize(("num_frames", "image_tokens"), [(24, 16), (5, 4)])
 def test_synthetic_samples_have_frames_times_tokens(num_frames, image_tokens):
-    data = VideoDataModule(num_frames=num_frames, image_tokens=image_tokens, val_samples=3)
+    data = VideoDataModule(
+        num_frames=num_frames, val_samples=3, encoding=Encoding(image_tokens=image_tokens)
+    )
     data.setup("validate")
     image_id = data.tokenizer.convert_tokens_to_ids("<image>")
     batch = next(iter(data.val_dataloader()))

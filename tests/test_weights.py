@@ -25,9 +25,9 @@ from mm15_components.weights import (
 
 QUICKSTART = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
 SMALL = [
-    "--data.init_args.batch_size=4",
+    "--data.init_args.loader.batch_size=4",
     "--data.init_args.val_samples=4",
-    "--data.init_args.num_workers=0",
+    "--data.init_args.loader.num_workers=0",
     "--trainer.enable_progress_bar=false",
 ]
 

@@ -45,7 +45,7 @@ def export_pretrained(
         )
     output = Path(output)
     model = module.model
-    data_args = config.get("data", {}).get("init_args", {})
+    encoding = config.get("data", {}).get("init_args", {}).get("encoding") or {}
     settings = {
         "format_version": FORMAT_VERSION,
         "model": random_init_config(config["model"]["init_args"]["model"], model),
@@ -54,10 +54,10 @@ def export_pretrained(
             "image_tokens": data.image_tokens,
             "mean": list(data.mean),
             "std": list(data.std),
-            "splitter": data_args.get("splitter"),
+            "splitter": encoding.get("splitter"),
             "tile_indicators": getattr(data, "tile_indicators", "none"),
         },
-        "codec": data_args.get("codec") or DEFAULT_CODEC,
+        "codec": encoding.get("codec") or DEFAULT_CODEC,
         "chat_template": chat_template_config(data_chat_template(data)),
         "generation": {
             "max_new_tokens": module.max_new_tokens,
@@ -95,10 +95,10 @@ def random_init_config(model_config: dict[str, Any], model: Any) -> dict[str, An
 
 def data_chat_template(data: LightningDataModule) -> ConversationTemplate:
     """The template the data writes conversations in: the one it was given
-    (``ConversationDataModule.chat_template``, ``BenchmarkDataModule.template``), the plain one
-    when it was told not to use the tokenizer's (``use_tokenizer_template=False``), else the
-    tokenizer's own when it has one."""
-    template = getattr(data, "chat_template", None) or getattr(data, "template", None)
+    (``ConversationDataModule.chat_template``), the plain one when it was told not to use the
+    tokenizer's (``encoding.use_tokenizer_template=False``), else the tokenizer's own when it
+    has one."""
+    template = getattr(data, "chat_template", None)
     if template is None and getattr(data, "use_tokenizer_template", True) is False:
         template = ChatTemplate()
     return template or chat_template_for(data.tokenizer)

@@ -11,13 +11,11 @@ from torch.utils.data import DataLoader
 
 from mm15_components.data.benchmarks import BenchmarkName, EncodedBenchmark, read_benchmark
 from mm15_components.data.collate import SampleEncoder, collate
-from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
+from mm15_components.data.encoding import Encoding, ModelGeometry
 from mm15_components.data.formats import BadSamplePolicy, OnBadSample
+from mm15_components.data.loader import Loader
 from mm15_components.data.sampler import ResumableBatchSampler, ResumableLoader
-from mm15_components.grounding.codec import BoxCodec
-from mm15_components.language.chat import ChatTemplate
 from mm15_components.metrics.validation import validation_metric
-from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 
 
 class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
@@ -48,11 +46,11 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         on_bad_sample: ``raise`` stops at a malformed record or a missing image; ``skip``
             counts and reports them: malformed records are left out, questions whose images
             cannot be read stay and score 0.
-        tokenizer, codec, splitter, tile_indicators, use_tokenizer_template: the model's data
-            settings, as in its training data module (``mm15 validate`` keeps those of the
-            model recipe).
-        image_size, image_tokens, mean, std: None takes the model's (``adopt_geometry``).
-        batch_size / num_workers: loader settings.
+        encoding: the model's data settings (``Encoding``), as in its training data module
+            (``mm15 validate`` keeps those of the model recipe); unset geometry takes the
+            model's.
+        loader: its ``batch_size`` and ``num_workers`` (the questions keep their order, one
+            per row).
     """
 
     def __init__(
@@ -66,24 +64,14 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         metric: str = "exact_match",
         max_samples: int | None = None,
         on_bad_sample: OnBadSample = "raise",
-        tokenizer: str | None = None,
-        codec: BoxCodec | None = None,
-        image_size: int | None = None,
-        image_tokens: int | None = None,
-        splitter: AnyResSplitter | None = None,
-        tile_indicators: IndicatorStyle = "none",
-        use_tokenizer_template: bool = True,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        encoding: Encoding = Encoding(),
+        loader: Loader = Loader(batch_size=8),
     ) -> None:
         super().__init__()
-        self.splitter = splitter
-        self._state_geometry(image_size=image_size, image_tokens=image_tokens, mean=mean, std=std)
+        self.encoding, self.loader = encoding, loader
         validation_metric(metric, where=f"BenchmarkDataModule({benchmark!r})")
-        self.codec = codec or BoxCodec()
-        self.tokenizer = data_tokenizer(tokenizer, self.codec)
+        self.codec = encoding.box_codec
+        self.tokenizer = encoding.build_tokenizer()
         self.policy = BadSamplePolicy(on_bad_sample)
         self.records = read_benchmark(
             benchmark,
@@ -101,23 +89,10 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
             f"{benchmark}: {len(self.records)} question(s) from {path}"
             + (f"; bad records ({skipped}): see the warnings" if skipped else "")
         )
-        self.template = None if use_tokenizer_template else ChatTemplate()
-        self.tile_indicators = tile_indicators
-        self.batch_size = batch_size
-        self.num_workers = num_workers
 
     def sample_encoder(self) -> SampleEncoder:
         """How questions become model inputs, with the geometry adopted so far."""
-        return SampleEncoder(
-            self.tokenizer,
-            self.image_size,
-            self.image_tokens,
-            self.mean,
-            self.std,
-            template=self.template,
-            splitter=self.splitter,
-            tile_indicators=self.tile_indicators,
-        )
+        return self.encoding.encoder(self.tokenizer)
 
     def setup(self, stage: str) -> None:
         self._adopt_trainer_geometry()
@@ -131,8 +106,10 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         # not a DataLoader, so Lightning leaves its order alone: the ranks are split already
         loader = DataLoader(
             self.val_set,
-            batch_sampler=ResumableBatchSampler(len(self.val_set), self.batch_size, shuffle=False),
-            num_workers=self.num_workers,
+            batch_sampler=ResumableBatchSampler(
+                len(self.val_set), self.loader.batch_size, shuffle=False
+            ),
+            num_workers=self.loader.num_workers,
             collate_fn=partial(collate, pad_token_id=self.tokenizer.pad_token_id),
         )
         return ResumableLoader(loader)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from mm15_components.data.collate import SampleEncoder
-from mm15_components.data.datamodule import SyntheticDataModule
+from mm15_components.data.encoding import Encoding, ModelGeometry
 from mm15_components.data.formats import (
     DOCUMENT_FORMATS,
     BadSampleError,
@@ -23,17 +21,14 @@ from mm15_components.data.formats import (
     is_record_file,
     open_source,
 )
-from mm15_components.data.images import (
-    MAX_PIXELS,
-)
+from mm15_components.data.images import MAX_PIXELS
 from mm15_components.data.index import RecordIndex
 from mm15_components.data.lengths import BAD, token_counts
-from mm15_components.data.mixture import Mixture, MixtureDataset, StaleWeightsError
+from mm15_components.data.loader import Loader
+from mm15_components.data.mixture import Mixture, MixtureCounts, MixtureDataset, StaleWeightsError
 from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.synthetic import standins
-from mm15_components.grounding.codec import BoxCodec
 from mm15_components.language.chat import ChatTemplate, chat_template_for
-from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 
 DOCUMENT_TEMPLATE = ChatTemplate(user_prefix="", assistant_prefix="", separator="")
 """Pre-training documents: the text as it is, loss on all of it, one end token."""
@@ -84,26 +79,12 @@ class EncodedSource(Dataset):
         return counts
 
 
-def collate_with_stats(
-    items: list[dict[str, Any]], collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]]
-) -> dict[str, Any]:
-    """``collate_fn``'s batch plus each sample's ``categories`` and the bad samples
-    ``skipped`` to make it, for ``MixtureStatsLogger``."""
-    batch = collate_fn(items)
-    batch["categories"] = [item["category"] for item in items]
-    batch["skipped"] = sum(item["skipped"] for item in items)
-    return batch
-
-
 class MixtureStatsLogger(L.Callback):
     """Logs the running count of skipped bad samples (``data/skipped``) and each category's
     realised share of the training samples so far (``data/share/<category>``), as seen on
-    this rank. ``ConversationDataModule`` adds it to the trainer when it is missing; its
-    counts are saved in checkpoints."""
-
-    def __init__(self) -> None:
-        self.skipped = 0
-        self.counts: Counter[str] = Counter()
+    this rank: the ``data_counts`` each training batch of a mixture carries. The counts live
+    in the loader (``MixtureCounts``), saved and restored with its position, so this callback
+    holds no state; ``ConversationDataModule`` adds it to the trainer when it is missing."""
 
     def on_train_batch_end(
         self,
@@ -113,44 +94,33 @@ class MixtureStatsLogger(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not isinstance(batch, dict) or "categories" not in batch:
+        if not isinstance(batch, dict) or "data_counts" not in batch:
             return
-        self.skipped += int(batch["skipped"])
-        self.counts.update(batch["categories"])
-        pl_module.log("data/skipped", float(self.skipped))
-        total = sum(self.counts.values())
-        for category, count in sorted(self.counts.items()):
+        counts = batch["data_counts"]
+        pl_module.log("data/skipped", float(counts["skipped"]))
+        total = sum(counts["categories"].values())
+        for category, count in sorted(counts["categories"].items()):
             pl_module.log(f"data/share/{category}", count / total)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "counts": dict(self.counts)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.skipped = state_dict["skipped"]
-        self.counts = Counter(state_dict["counts"])
-
-
-class ConversationDataModule(SyntheticDataModule):
+class ConversationDataModule(ModelGeometry, L.LightningDataModule):
     """A mixture of sources per split (``Mixture``): LLaVA-style conversation, caption,
     interleaved or text files, or synthetic stand-ins for each MM1.5 data category.
 
     Conversations use the tokenizer's own chat template when it has one (else the plain
-    ``ChatTemplate``), with loss on assistant turns; documents (caption, interleaved, text) are
-    read as they are, with loss on their text. It shares ``SyntheticDataModule``'s tokenizer
-    and loaders (hence the subclass). Bad samples (``formats.BAD_KINDS``) raise, naming the
-    file and line, or are skipped and counted (``data/skipped``).
+    ``ChatTemplate``; ``encoding.use_tokenizer_template``), with loss on assistant turns;
+    documents (caption, interleaved, text) are read as they are, with loss on their text. Bad
+    samples (``formats.BAD_KINDS``) raise, naming the file and line, or are skipped and
+    counted. The training loader counts each category's samples and the skipped ones
+    (``MixtureCounts``, logged as ``data/share/<category>`` and ``data/skipped``).
 
     Args:
         train: the training mixture.
         val: the validation mixture; None: the training one (stand-ins render the ``val``
             split, files give the training samples again: give real data its own ``val``).
-        tokenizer: a pretrained tokenizer name or path; None builds the word tokenizer of the
-            synthetic vocabulary.
-        use_tokenizer_template: use the tokenizer's chat template when it has one.
-        image_size: the encoder's input (tile) size; None takes the model's.
-        render_size: side of the stand-ins' rendered images (default: ``image_size`` when
-            given, else 64); larger than the tile size with a ``splitter``, to stand in for
-            high-resolution documents.
+        render_size: side of the stand-ins' rendered images (default: the encoding's
+            ``image_size`` when given, else 64); larger than the tile size with a
+            ``splitter``, to stand in for high-resolution documents.
         max_sample_tokens: samples with more tokens are bad samples (``too_long``), e.g. the
             model's sequence length; None: no limit.
         on_bad_sample: ``raise`` or ``skip``.
@@ -165,24 +135,16 @@ class ConversationDataModule(SyntheticDataModule):
             refused from their header; None: no limit but Pillow's (``data.images``).
         train_samples / val_samples: items per epoch (each drawn from the mixture) and the
             size of each stand-in source.
-        codec, image_tokens, splitter, tile_indicators: as in ``SyntheticDataModule``, and
-            so are batch_size, num_workers, seed, shuffle, mean, std, max_tokens and pack;
-            ``seed`` also fixes the mixture's draws.
+        seed: fixes the mixture's draws, every stand-in sample and the order of every epoch.
+        encoding: tokenizer, codec, image geometry and splitter (``Encoding``); the default
+            tokenizer also knows the stand-ins' words.
+        loader: batching (``Loader``).
     """
-
-    tokenizer_words = frozenset(standins.vocabulary())  # the stand-ins write more words
 
     def __init__(
         self,
         train: Mixture,
         val: Mixture | None = None,
-        tokenizer: str | None = None,
-        use_tokenizer_template: bool = True,
-        codec: BoxCodec | None = None,
-        image_size: int | None = None,
-        image_tokens: int | None = None,
-        splitter: AnyResSplitter | None = None,
-        tile_indicators: IndicatorStyle = "none",
         render_size: int | None = None,
         max_sample_tokens: int | None = None,
         on_bad_sample: OnBadSample = "skip",
@@ -192,33 +154,16 @@ class ConversationDataModule(SyntheticDataModule):
         max_image_pixels: int | None = MAX_PIXELS,
         train_samples: int = 100_000,
         val_samples: int = 256,
-        batch_size: int = 32,
-        num_workers: int = 0,
         seed: int = 0,
-        shuffle: bool = True,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-        max_tokens: int | None = None,
-        pack: int | None = None,
+        encoding: Encoding = Encoding(),
+        loader: Loader = Loader(),
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            codec=codec,
-            image_size=image_size,
-            image_tokens=image_tokens,
-            splitter=splitter,
-            tile_indicators=tile_indicators,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle=shuffle,
-            mean=mean,
-            std=std,
-            max_tokens=max_tokens,
-            pack=pack,
-        )
+        super().__init__()
+        self.encoding, self.loader, self.seed = encoding, loader, seed
+        self.codec = encoding.box_codec
+        self.tokenizer = encoding.build_tokenizer(standins.vocabulary())
         self.chat_template = (
-            chat_template_for(self.tokenizer) if use_tokenizer_template else ChatTemplate()
+            chat_template_for(self.tokenizer) if self.use_tokenizer_template else ChatTemplate()
         )
         self.render_size = render_size or self.image_size
         self.max_sample_tokens = max_sample_tokens
@@ -275,20 +220,15 @@ class ConversationDataModule(SyntheticDataModule):
 
     def _mixture_set(self, mixture: Mixture, size: int, split: str) -> MixtureDataset:
         encoders = {
-            document: SampleEncoder(
-                self.tokenizer,
-                self.image_size,
-                self.image_tokens,
-                self.mean,
-                self.std,
-                template=DOCUMENT_TEMPLATE if document else self.chat_template,
-                splitter=self.splitter,
-                tile_indicators=self.tile_indicators,
+            document: self.encoding.encoder(
+                self.tokenizer, DOCUMENT_TEMPLATE if document else self.chat_template
             )
             for document in (False, True)
         }
         encoded = [
-            EncodedSource(samples, encoders[document], self.max_sample_tokens, self.num_workers)
+            EncodedSource(
+                samples, encoders[document], self.max_sample_tokens, self.loader.num_workers
+            )
             for samples, document in self._sources(mixture, size, split)
         ]
         categories = [source.category for source in mixture.sources]
@@ -301,14 +241,14 @@ class ConversationDataModule(SyntheticDataModule):
         self._adopt_trainer_geometry()
         self.train_set = self._mixture_set(self.train_mixture, self.train_size, "train")
         self.val_set = self._mixture_set(self.val_mixture, self.val_size, "val")
-        if self.max_tokens is not None:
+        if self.loader.max_tokens is not None:
             # token counts are cached beside file sources' indexes: one process per node
             # counts them, the others read them
             self._local_zero_first(lambda: (self.train_set.lengths(), self.val_set.lengths()))
         if self.trainer is not None and not any(
             isinstance(c, MixtureStatsLogger) for c in self.trainer.callbacks
         ):
-            self.trainer.callbacks.append(MixtureStatsLogger())
+            self.trainer.callbacks.append(MixtureStatsLogger())  # stateless: order is free
 
     def _local_zero_first(self, work: Callable[[], object]) -> None:
         """Run ``work`` on local rank 0, then on the node's other ranks."""
@@ -323,14 +263,12 @@ class ConversationDataModule(SyntheticDataModule):
             work()
 
     def train_dataloader(self) -> ResumableLoader:
-        return with_stats(super().train_dataloader())
+        pad = self.tokenizer.pad_token_id
+        counts = MixtureCounts()
+        return self.loader.build(
+            self.train_set, pad, self.seed, train=True, trainer=self.trainer, counts=counts
+        )
 
     def val_dataloader(self) -> ResumableLoader:
-        return with_stats(super().val_dataloader())
-
-
-def with_stats(loader: ResumableLoader) -> ResumableLoader:
-    """``loader`` whose batches also carry ``categories`` and ``skipped``."""
-    batches = loader.loader  # the DataLoader that ResumableLoader iterates
-    batches.collate_fn = partial(collate_with_stats, collate_fn=batches.collate_fn)
-    return loader
+        pad = self.tokenizer.pad_token_id
+        return self.loader.build(self.val_set, pad, self.seed, train=False, trainer=self.trainer)

@@ -16,6 +16,8 @@ reading any data.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,3 +232,39 @@ class MixtureDataset(SeededDataset):
                 stacklevel=3,
             )
             self._warned_length = True
+
+
+def collate_with_categories(
+    items: list[dict[str, Any]], collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> dict[str, Any]:
+    """``collate_fn``'s batch plus each ``MixtureDataset`` item's ``categories`` and the bad
+    samples ``skipped`` to make them, for ``MixtureCounts``."""
+    batch = collate_fn(items)
+    batch["categories"] = [item["category"] for item in items]
+    batch["skipped"] = sum(item["skipped"] for item in items)
+    return batch
+
+
+class MixtureCounts:
+    """The running count of the training samples of each category and of the bad samples
+    skipped to make them, on this rank. ``ResumableLoader`` adds each batch it hands out and
+    keeps the counts in its state, beside its position, so a resumed run continues the counts
+    exactly where the checkpoint's position is; each batch carries the counts so far
+    (``data_counts``) for ``MixtureStatsLogger``."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.categories: Counter[str] = Counter()
+
+    def add(self, batch: dict[str, Any]) -> None:
+        """Count ``batch`` and attach the counts so far to it as ``data_counts``."""
+        self.skipped += int(batch["skipped"])
+        self.categories.update(batch["categories"])
+        batch["data_counts"] = self.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "categories": dict(self.categories)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state["skipped"])
+        self.categories = Counter(state["categories"])

@@ -12,15 +12,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mm15_components.data.collate import SampleEncoder, collate
-from mm15_components.data.datamodule import ModelGeometry, data_tokenizer
+from mm15_components.data.encoding import Encoding, ModelGeometry
 from mm15_components.data.images import load_image
+from mm15_components.data.loader import Loader
 from mm15_components.data.prompt import question_sample
 from mm15_components.data.schema import PredictBatch, QueryItem
 from mm15_components.data.video import sample_frames
-from mm15_components.grounding.codec import BoxCodec
-from mm15_components.language.chat import ChatTemplate
 from mm15_components.language.tokenizer import IMAGE_TOKEN
-from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 
 
 class QueryDataModule(ModelGeometry, L.LightningDataModule):
@@ -38,13 +36,10 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         video: a video file or a folder of frames instead of (or beside) ``images``; each of
             ``num_frames`` frames sampled uniformly over it is a separate prediction.
         num_frames: frames taken from ``video``.
-        tokenizer, codec, splitter, tile_indicators: as in the model's training recipe (the
-            defaults match the quickstart's). Words outside the tokenizer's vocabulary are
-            read as unknown, with a warning.
-        image_size, image_tokens, mean, std: None takes the model's (``adopt_geometry``).
-        use_tokenizer_template: as in :class:`~mm15_components.data.ConversationDataModule`:
-            False asks in the plain template even when the tokenizer has its own.
-        batch_size / num_workers: loader settings.
+        encoding: as in the model's training recipe (``Encoding``; the defaults match the
+            quickstart's); unset geometry takes the model's. Words outside the tokenizer's
+            vocabulary are read as unknown, with a warning.
+        loader: its ``batch_size`` and ``num_workers``.
     """
 
     def __init__(
@@ -53,21 +48,11 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         query: str = "",
         video: str | None = None,
         num_frames: int = 8,
-        tokenizer: str | None = None,
-        codec: BoxCodec | None = None,
-        image_size: int | None = None,
-        image_tokens: int | None = None,
-        splitter: AnyResSplitter | None = None,
-        tile_indicators: IndicatorStyle = "none",
-        use_tokenizer_template: bool = True,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        encoding: Encoding = Encoding(),
+        loader: Loader = Loader(batch_size=8),
     ) -> None:
         super().__init__()
-        self.splitter = splitter
-        self._state_geometry(image_size=image_size, image_tokens=image_tokens, mean=mean, std=std)
+        self.encoding, self.loader = encoding, loader
         self.images = list(images or [])
         if not self.images and video is None:
             raise ValueError("QueryDataModule: give image files (images=[...]) or a video")
@@ -87,13 +72,9 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
         self.query = query
         self.video = video
         self.num_frames = num_frames
-        self.codec = codec or BoxCodec()
-        self.tokenizer = data_tokenizer(tokenizer, self.codec)
+        self.codec = encoding.box_codec
+        self.tokenizer = encoding.build_tokenizer()
         self._warn_unknown_words()
-        self.tile_indicators = tile_indicators
-        self.use_tokenizer_template = use_tokenizer_template
-        self.batch_size = batch_size
-        self.num_workers = num_workers
 
     def _warn_unknown_words(self) -> None:
         unknown = self.tokenizer.unk_token_id
@@ -113,16 +94,7 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Read every image (and sample the video) now, so a bad file fails before predicting."""
         self._adopt_trainer_geometry()
-        encoder = SampleEncoder(
-            self.tokenizer,
-            self.image_size,
-            self.image_tokens,
-            self.mean,
-            self.std,
-            template=None if self.use_tokenizer_template else ChatTemplate(),
-            splitter=self.splitter,
-            tile_indicators=self.tile_indicators,
-        )
+        encoder = self.encoding.encoder(self.tokenizer)
         inputs: list[tuple[str, str, Image.Image]] = []
         for index, path in enumerate(self.images):
             try:
@@ -145,8 +117,8 @@ class QueryDataModule(ModelGeometry, L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
             self.predict_set,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            batch_size=self.loader.batch_size,
+            num_workers=self.loader.num_workers,
             collate_fn=partial(collate_query, pad_token_id=self.tokenizer.pad_token_id),
         )
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+if TYPE_CHECKING:
+    from mm15_components.data.mixture import MixtureCounts
 
 
 class EpochBatchSampler(Sampler[list[int]], ABC):
@@ -116,14 +119,18 @@ class ResumableLoader:
     used are not counted. Lightning saves ``state_dict()`` in checkpoints (it does so for any
     train loader with ``state_dict``/``load_state_dict``) and restores it on ``--ckpt_path``.
 
+    With ``counts`` (``MixtureCounts``), each batch handed out is also counted there, and the
+    counts are saved and restored with the position, so they resume exactly as the data does.
+
     It is deliberately not a ``DataLoader`` subclass: Lightning would replace the sampler of a
     ``DataLoader`` under several ranks, and this one already covers ranks.
     """
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader, counts: MixtureCounts | None = None) -> None:
         if not isinstance(loader.batch_sampler, EpochBatchSampler):
             raise TypeError("ResumableLoader needs a DataLoader with an EpochBatchSampler")
         self.loader = loader
+        self.counts = counts
         # the names Lightning reads on loaders: it calls ``sampler.set_epoch`` every epoch
         self.sampler: EpochBatchSampler = loader.batch_sampler
         self.batch_sampler = self.sampler
@@ -134,10 +141,17 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[Any]:
         for batch in self.loader:
             self.sampler.consumed += 1
+            if self.counts is not None:
+                self.counts.add(batch)
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.sampler.state_dict()
+        if self.counts is not None:
+            state["counts"] = self.counts.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
+        if self.counts is not None and "counts" in state:
+            self.counts.load_state_dict(state["counts"])

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from functools import partial
 
-from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
+import lightning as L
+
+from mm15_components.data.datamodule import EncodedDataset
+from mm15_components.data.encoding import Encoding, ModelGeometry
+from mm15_components.data.loader import Loader
+from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.synthetic.screen_tasks import TASKS, ScreenDataset, vocabulary
 from mm15_components.data.synthetic.screens import WIDGETS
-from mm15_components.grounding.codec import BoxCodec
-from mm15_components.vision.anyres import AnyResSplitter, IndicatorStyle
 
 
-class UIDataModule(SyntheticDataModule):
+class UIDataModule(ModelGeometry, L.LightningDataModule):
     """Synthetic portrait phone screens, each with several questions (widget classification,
     OCR and icon recognition at a box or point, find-text / find-icon / find-widget grounding,
     widget listing, a short description), rendered on the fly and deterministic by seed.
@@ -33,16 +36,16 @@ class UIDataModule(SyntheticDataModule):
         bars: draw the status, navigation and tab bars (the tab bar holds icons).
         distinct: no content class twice on a screen.
         points: share of referring questions naming an element by its centre point.
+        train_samples / val_samples: split sizes.
         train_questions: questions per training screen (one turn each).
-
-    The other arguments are ``SyntheticDataModule``'s.
+        seed: fixes every screen and the order of every epoch.
+        encoding: tokenizer, codec, image geometry and splitter (``Encoding``; image size
+            64 by default); the default tokenizer also knows the screens' words.
+        loader: batching (``Loader``).
     """
-
-    tokenizer_words = frozenset(vocabulary())
 
     def __init__(
         self,
-        tokenizer: str | None = None,
         tasks: dict[str, float] | None = None,
         screen_width: int = 128,
         widgets: list[str] | None = None,
@@ -50,35 +53,17 @@ class UIDataModule(SyntheticDataModule):
         bars: bool = True,
         distinct: bool = False,
         points: float = 0.3,
-        image_size: int = 64,
-        image_tokens: int | None = None,
-        splitter: AnyResSplitter | None = None,
-        tile_indicators: IndicatorStyle = "none",
-        codec: BoxCodec | None = None,
         train_samples: int = 100_000,
         val_samples: int = 256,
         train_questions: int = 3,
-        batch_size: int = 32,
-        num_workers: int = 0,
         seed: int = 0,
-        shuffle: bool = True,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        encoding: Encoding = Encoding(image_size=64),
+        loader: Loader = Loader(),
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            image_size=image_size,
-            image_tokens=image_tokens,
-            splitter=splitter,
-            tile_indicators=tile_indicators,
-            codec=codec,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle=shuffle,
-            mean=mean,
-            std=std,
-        )
+        super().__init__()
+        self.encoding, self.loader, self.seed = encoding, loader, seed
+        self.codec = encoding.box_codec
+        self.tokenizer = encoding.build_tokenizer(vocabulary())
         make = partial(
             ScreenDataset,
             width=screen_width,
@@ -97,10 +82,22 @@ class UIDataModule(SyntheticDataModule):
 
     def setup(self, stage: str) -> None:
         self._adopt_trainer_geometry()
-        self.train_set = EncodedDataset(self.train_samples, self._encoder())
+        self.train_set = EncodedDataset(self.train_samples, self.encoding.encoder(self.tokenizer))
         names = self.train_samples.task_names
         grounded = {"find_text", "find_icon", "find_widget"} & set(names)
         baseline = self.train_samples.mean_target_box() if grounded else None
         if "widget" in names:
             self.val_samples.widget_baseline = self.train_samples.majority_widget()
-        self.val_set = EncodedDataset(self.val_samples, self._encoder(baseline))
+        self.val_set = EncodedDataset(
+            self.val_samples, self.encoding.encoder(self.tokenizer, baseline_box=baseline)
+        )
+
+    def train_dataloader(self) -> ResumableLoader:
+        return self.loader.build(
+            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
+        )
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self.loader.build(
+            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
+        )

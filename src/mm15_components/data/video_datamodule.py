@@ -12,10 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mm15_components.data.datamodule import EncodedDataset, SyntheticDataModule
+from mm15_components.data.datamodule import EncodedDataset
+from mm15_components.data.encoding import Encoding, ModelGeometry
 from mm15_components.data.formats import (
     ROLES,
     BadSampleError,
@@ -24,12 +26,13 @@ from mm15_components.data.formats import (
     check_answers,
     read_json_records,
 )
+from mm15_components.data.loader import Loader
 from mm15_components.data.prompt import question_turn
+from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic.dataset import SeededDataset, sampling_probabilities
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
 from mm15_components.data.video import VIDEO_TOKEN, VideoDecodeError, frame_turns, sample_clip
-from mm15_components.grounding.codec import BoxCodec
 
 
 class BadVideoError(BadSampleError, VideoDecodeError):
@@ -213,23 +216,19 @@ def parse_record(record: Any, where: str) -> tuple[str, str, str, list[Turn]]:
     return where, str(record.get("id", where)), video, turns
 
 
-class VideoDataModule(SyntheticDataModule):
+class VideoDataModule(ModelGeometry, L.LightningDataModule):
     """Video question answering: each split from synthetic motion clips (direction of
     motion, order of appearance, counting) or, when given, a LLaVA-Video-style JSON file.
 
-    It shares ``SyntheticDataModule``'s tokenizer, sample encoder and loaders (hence the
-    subclass): by default the same word tokenizer, so a model trained on the synthetic image
-    tasks validates on video without training. Frames are never split (no AnyRes).
+    By default it builds the synthetic word tokenizer, as ``SyntheticDataModule`` does, so a
+    model trained on the synthetic image tasks validates on video without training. Frames
+    are never split (no AnyRes): each frame is one image of ``image_tokens`` tokens.
 
     Args:
-        tokenizer: a pretrained tokenizer name or path; None builds the synthetic word one.
-        codec: the box codec, as in ``SyntheticDataModule`` (it shapes the tokenizer).
         train_json / val_json: ``.json``/``.jsonl`` files for that split; None renders
             synthetic motion clips.
         video_root: folder the JSON video paths are relative to (default: each file's folder).
         num_frames: frames per video (MM1.5: 24).
-        image_size: frame side in pixels fed to the encoder (frames are resized to a square).
-        image_tokens: LLM tokens per frame; None takes the model's ``tokens_per_image``.
         timestamp_format: text before each frame, formatted with ``seconds`` and ``index``,
             e.g. ``"{seconds:.1f} s:"``; None writes none.
         folder_fps: frame rate assumed for JSON records that point at frame folders.
@@ -241,21 +240,18 @@ class VideoDataModule(SyntheticDataModule):
         questions: synthetic question kind -> weight (``direction``, ``order``, ``count``).
         fps: frame rate of the synthetic clips (their timestamps).
         train_samples / val_samples: synthetic split sizes.
-        batch_size / num_workers / seed / shuffle: loader settings; ``seed`` fixes every
-            synthetic sample.
-        mean / std: frame normalisation; None takes the encoder's.
+        seed: fixes every synthetic sample and the order of every epoch.
+        encoding: tokenizer, codec and frame geometry (``Encoding``); synthetic clips are
+            rendered at ``image_size`` (default 64), frames of files resized to it.
+        loader: batching (``Loader``; 8 videos per batch by default).
     """
 
     def __init__(
         self,
-        tokenizer: str | None = None,
-        codec: BoxCodec | None = None,
         train_json: str | None = None,
         val_json: str | None = None,
         video_root: str | None = None,
         num_frames: int = 24,
-        image_size: int = 64,
-        image_tokens: int | None = None,
         timestamp_format: str | None = None,
         folder_fps: float = 1.0,
         min_frames: int = 1,
@@ -265,25 +261,14 @@ class VideoDataModule(SyntheticDataModule):
         fps: float = 2.0,
         train_samples: int = 100_000,
         val_samples: int = 128,
-        batch_size: int = 8,
-        num_workers: int = 0,
         seed: int = 0,
-        shuffle: bool = True,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        encoding: Encoding = Encoding(image_size=64),
+        loader: Loader = Loader(batch_size=8),
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            codec=codec,
-            image_size=image_size,
-            image_tokens=image_tokens,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle=shuffle,
-            mean=mean,
-            std=std,
-        )
+        super().__init__()
+        self.encoding, self.loader, self.seed = encoding, loader, seed
+        self.codec = encoding.box_codec
+        self.tokenizer = encoding.build_tokenizer()
         questions = questions or dict.fromkeys(QUESTIONS, 1.0)
 
         def source(json_path: str | None, size: int, split: str) -> Dataset:
@@ -299,7 +284,7 @@ class VideoDataModule(SyntheticDataModule):
                     policy,
                 )
             return MotionDataset(
-                size, image_size, num_frames, questions, seed, split, fps, timestamp_format
+                size, self.image_size, num_frames, questions, seed, split, fps, timestamp_format
             )
 
         self.train_samples = source(train_json, train_samples, "train")
@@ -307,5 +292,15 @@ class VideoDataModule(SyntheticDataModule):
 
     def setup(self, stage: str) -> None:
         self._adopt_trainer_geometry()
-        self.train_set = EncodedDataset(self.train_samples, self._encoder())
-        self.val_set = EncodedDataset(self.val_samples, self._encoder())
+        self.train_set = EncodedDataset(self.train_samples, self.encoding.encoder(self.tokenizer))
+        self.val_set = EncodedDataset(self.val_samples, self.encoding.encoder(self.tokenizer))
+
+    def train_dataloader(self) -> ResumableLoader:
+        return self.loader.build(
+            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
+        )
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self.loader.build(
+            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
+        )
