@@ -33,6 +33,8 @@ from torch.utils.data import Dataset
 from mm15_components.cli import build_from_config
 from mm15_components.data import SyntheticDataModule
 from mm15_components.data.datamodule import EncodedDataset
+from mm15_components.data.encoding import Encoding
+from mm15_components.data.loader import Loader
 from mm15_components.data.schema import Sample
 from mm15_components.vision.anyres import AnyResSplitter
 
@@ -73,10 +75,8 @@ def loader_rate(data: SyntheticDataModule, batches: int) -> float:
 
 def quickstart_data(workers: int, samples: int) -> SyntheticDataModule:
     data = SyntheticDataModule(
-        image_size=64,
-        image_tokens=16,
-        batch_size=BATCH,
-        num_workers=workers,
+        encoding=Encoding(image_size=64, image_tokens=16),
+        loader=Loader(batch_size=BATCH, num_workers=workers),
         train_samples=samples,
     )
     data.setup("fit")
@@ -86,10 +86,13 @@ def quickstart_data(workers: int, samples: int) -> SyntheticDataModule:
 def anyres_data(workers: int, samples: int, size: int) -> SyntheticDataModule:
     splitter = AnyResSplitter(tile_size=378, min_tiles=4, max_tiles=9)
     data = SyntheticDataModule(
-        image_size=378, image_tokens=144, splitter=splitter, batch_size=BATCH, num_workers=workers
+        encoding=Encoding(image_size=378, image_tokens=144, splitter=splitter),
+        loader=Loader(batch_size=BATCH, num_workers=workers),
     )
     data.setup("fit")
-    rendered = SyntheticDataModule(image_size=size, train_samples=samples).train_samples
+    rendered = SyntheticDataModule(
+        encoding=Encoding(image_size=size), train_samples=samples
+    ).train_samples
     data.train_set = EncodedDataset(JPEGSamples(rendered, samples), data.train_set.encoder)
     return data
 
@@ -98,7 +101,7 @@ def model_rate(steps: int, threads: int) -> float:
     """The quickstart recipe's model and data: training samples per second (forward,
     backward, AdamW step), batches prepared beforehand."""
     torch.set_num_threads(threads)
-    module, data = build_from_config(str(QUICKSTART), "--data.init_args.num_workers=0")
+    module, data = build_from_config(str(QUICKSTART), "--data.init_args.loader.num_workers=0")
     data.setup("fit")
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     batches = iter(data.train_dataloader())

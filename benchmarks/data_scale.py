@@ -56,6 +56,7 @@ from mm15_components.data.formats import (
     open_image,
     parse_record,
 )
+from mm15_components.data.loader import Loader
 from mm15_components.data.mixture import Mixture, MixtureDataset, Source
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.grounding.codec import BoxCodec
@@ -341,7 +342,9 @@ def standins_case(items: int, old_items: int) -> dict[str, float]:
     recipe = Path(__file__).parents[1] / "recipes" / "sft.yaml"
     train = yaml.safe_load(recipe.read_text())["data"]["init_args"]["train"]
     mixture = Mixture([Source(**source) for source in train.pop("sources")], **train)
-    data = ConversationDataModule(mixture, train_samples=items, val_samples=8, max_tokens=4096)
+    data = ConversationDataModule(
+        mixture, train_samples=items, val_samples=8, loader=Loader(max_tokens=4096)
+    )
     start = time.perf_counter()
     data.setup("fit")  # counts the lengths
     seconds = time.perf_counter() - start

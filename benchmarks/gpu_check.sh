@@ -26,9 +26,9 @@ run() {  # run NAME SECONDS COMMAND...: one step, its log and exit status in OUT
 # 378 px tiles (up to 9 plus the overview) in the SFT stage's settings, on one GPU
 one_gpu=(--trainer.accelerator=gpu --trainer.devices=1
   --trainer.strategy.init_args.data_parallel_size=1 --trainer.accumulate_grad_batches=1
-  --trainer.enable_progress_bar=false --data.init_args.num_workers=12
+  --trainer.enable_progress_bar=false --data.init_args.loader.num_workers=12
   --model.init_args.model.init_args.vision.init_args.image_size=378
-  --data.init_args.splitter.init_args.tile_size=378)
+  --data.init_args.encoding.splitter.init_args.tile_size=378)
 step() {  # step NAME SECONDS MODEL_RECIPE EXTRA...
   local name="$1" limit="$2" model="$3"
   shift 3
