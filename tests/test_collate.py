@@ -3,16 +3,19 @@ TypedDicts of ``data.schema`` declare, key for key and type for type."""
 
 import types
 import typing
+from functools import partial
 
 import pytest
 import torch
 from PIL import Image
 
 from mm15_components.data.collate import SampleEncoder, collate
+from mm15_components.data.mixture import MixtureCounts, collate_with_categories
 from mm15_components.data.packing import collate_packed
 from mm15_components.data.query import collate_query
 from mm15_components.data.schema import (
     EncodedSample,
+    MixtureFields,
     PackedBatch,
     PredictBatch,
     QueryItem,
@@ -26,12 +29,15 @@ WORDS = ["Where", "is", "the", "red", "square", "User", "Assistant", "What", "co
 
 
 def conforms(value, hint) -> bool:
-    """Whether ``value`` is of the annotated type (classes, ``X | None`` and ``list[X]``)."""
+    """Whether ``value`` is of the annotated type (classes, ``X | None``, ``list[X]`` and
+    ``dict[K, Any]``)."""
     if isinstance(hint, types.UnionType):
         return any(conforms(value, arm) for arm in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         (element,) = typing.get_args(hint)
         return isinstance(value, list) and all(conforms(v, element) for v in value)
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(conforms(k, typing.get_args(hint)[0]) for k in value)
     if hint is type(None):
         return value is None
     return isinstance(value, hint)
@@ -88,3 +94,15 @@ def test_contract_check_catches_an_undeclared_key(items):
     batch = {**collate(items, pad_token_id=0), "extra": torch.zeros(1)}
     with pytest.raises(AssertionError, match="keys differ"):
         assert_matches(batch, TrainingBatch)
+
+
+def test_mixture_batch_adds_exactly_its_declared_fields(items):
+    mixture_items = [
+        {**item, "category": category, "skipped": skipped}
+        for item, category, skipped in zip(items, ["text", "grounding"], [2, 0], strict=True)
+    ]
+    batch = collate_with_categories(mixture_items, partial(collate, pad_token_id=0))
+    MixtureCounts().add(batch)
+    training = typing.get_type_hints(TrainingBatch)
+    assert_matches({k: v for k, v in batch.items() if k not in training}, MixtureFields)
+    assert batch["data_counts"] == {"skipped": 2, "categories": {"text": 1, "grounding": 1}}

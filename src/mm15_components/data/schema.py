@@ -4,7 +4,7 @@ contract between data and model: what an encoded sample and each kind of batch h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from PIL import Image
 from torch import Tensor
@@ -126,6 +126,17 @@ class TrainingBatch(LossInputs):
 class PackedBatch(LossInputs):
     """``packing.collate_packed``: several samples per row, each attending only to itself
     (``position_ids`` restart at every sample; no ``attention_mask``); training only."""
+
+
+class MixtureFields(TypedDict):
+    """What a mixture's training batches carry besides a :class:`TrainingBatch`'s or a
+    :class:`PackedBatch`'s keys: each sample's ``categories``, the bad samples ``skipped`` to
+    make them (``mixture.collate_with_categories``), and the counts so far of both,
+    ``data_counts`` (``mixture.MixtureCounts``, for ``MixtureStatsLogger``)."""
+
+    categories: list[str]
+    skipped: int
+    data_counts: dict[str, Any]
 
 
 class PredictBatch(TrainingBatch):
