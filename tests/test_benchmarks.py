@@ -18,7 +18,7 @@ from mm15_components import MM15Module
 from mm15_components.cli import main
 from mm15_components.data import BenchmarkDataModule, Loader
 from mm15_components.data.benchmarks import EncodedBenchmark, load_refs, read_benchmark
-from mm15_components.data.formats import BadSampleError, BadSamplePolicy
+from mm15_components.data.formats import BadSampleBudgetError, BadSampleError, BadSamplePolicy
 from mm15_components.grounding.codec import BoxCodec
 from mm15_components.labels import IGNORE_INDEX
 from mm15_components.language import IMAGE_TOKEN
@@ -241,8 +241,13 @@ def test_malformed_records_name_the_file_and_record(tmp_path):
     ):
         BenchmarkDataModule("textvqa", str(path))
     with pytest.warns(UserWarning, match="skipping bad samples of kind 'malformed_record'"):
-        data = BenchmarkDataModule("textvqa", str(path), on_bad_sample="skip")
+        data = BenchmarkDataModule("textvqa", str(path), on_bad_sample="skip", max_bad_fraction=0.5)
     assert len(data.records) == 1 and data.policy.counts == {"malformed_record": 1}
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(BadSampleBudgetError, match=r"val.json: 1 of the 2 samples read were bad"),
+    ):
+        BenchmarkDataModule("textvqa", str(path), on_bad_sample="skip")  # over 10%
     with pytest.raises(ValueError, match="val.json: expected an object with a 'data' list"):
         BenchmarkDataModule("docvqa", str(write_json(tmp_path / "val.json", [])))
     with pytest.raises(ValueError, match="the prompt must contain {question}"):
@@ -261,8 +266,15 @@ def test_a_missing_image_stops_or_scores_zero_but_stays_counted(tmp_path):
     ):
         BenchmarkDataModule("chartqa", str(path))
     with pytest.warns(UserWarning, match="kind 'missing_file'"):
-        data = BenchmarkDataModule("chartqa", str(path), on_bad_sample="skip")
+        data = BenchmarkDataModule("chartqa", str(path), on_bad_sample="skip", max_bad_fraction=0.5)
     assert len(data.records) == 3
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            BadSampleBudgetError, match=r"test_human.json: 1 of the 3 samples read were bad"
+        ),
+    ):
+        BenchmarkDataModule("chartqa", str(path), on_bad_sample="skip")  # the default 10%
     metrics = validate(data, ["12", "7.2"], tmp_path)  # the unreadable question is not asked
     assert metrics["val/relaxed_acc"] == pytest.approx(2 / 3)  # ... and scores 0 of 3
     records = answer_records(tmp_path)

@@ -46,6 +46,9 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         on_bad_sample: ``raise`` stops at a malformed record or a missing image; ``skip``
             counts and reports them: malformed records are left out, questions whose images
             cannot be read stay and score 0.
+        max_bad_fraction: under ``skip``, the largest share of the file's records that may be
+            bad; past it (judged after 200 records, or all of a smaller file) reading stops,
+            naming the file: a wrong ``image_root`` is an error, not a score.
         encoding: the model's data settings (``Encoding``), as in its training data module
             (``mm15 validate`` keeps those of the model recipe); unset geometry takes the
             model's.
@@ -64,6 +67,7 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         metric: str = "exact_match",
         max_samples: int | None = None,
         on_bad_sample: OnBadSample = "raise",
+        max_bad_fraction: float = 0.1,
         encoding: Encoding = Encoding(),
         loader: Loader = Loader(batch_size=8),
     ) -> None:
@@ -72,7 +76,7 @@ class BenchmarkDataModule(ModelGeometry, L.LightningDataModule):
         validation_metric(metric, where=f"BenchmarkDataModule({benchmark!r})")
         self.codec = encoding.box_codec
         self.tokenizer = encoding.build_tokenizer()
-        self.policy = BadSamplePolicy(on_bad_sample)
+        self.policy = BadSamplePolicy(on_bad_sample, max_bad_fraction)
         self.records = read_benchmark(
             benchmark,
             Path(path),

@@ -27,7 +27,9 @@ A malformed record is a ``BadSampleError`` naming the file and record. Under the
 policy it stops evaluation before it starts; under ``skip`` it is counted and reported, and
 left out (it has no usable question). A missing image is found as early, an unreadable one
 when its question is read; under ``skip`` such a question stays in the benchmark,
-unanswered, and scores 0.
+unanswered, and scores 0. Malformed records and missing images count against the file's
+``max_bad_fraction`` (``formats.BadSamplePolicy``), so a wrong image folder stops the
+evaluation instead of scoring it.
 """
 
 from __future__ import annotations
@@ -129,16 +131,18 @@ Reader = Callable[[Any, str, int], "BenchmarkRecord | list[BenchmarkRecord]"]
 
 
 def read_each(
-    records: Sequence[Any], label: str, read: Reader, policy: BadSamplePolicy
+    records: Sequence[Any], label: str, read: Reader, policy: BadSamplePolicy, source: Path
 ) -> list[BenchmarkRecord]:
     """``read(record, where, index)`` for each record (``where`` is ``label[index]``); a
-    ``BadSampleError`` goes to ``policy`` (raise, or count and leave the record out)."""
+    ``BadSampleError`` goes to ``policy`` (raise, or count it against the file ``source``
+    and leave the record out)."""
     questions: list[BenchmarkRecord] = []
     for index, record in enumerate(records):
+        policy.read(str(source))
         try:
             made = read(record, f"{label}[{index}]", index)
         except BadSampleError as error:
-            policy.handle(error)
+            policy.handle(error, str(source), len(records))
             continue
         questions += made if isinstance(made, list) else [made]
     return questions
@@ -197,7 +201,7 @@ def read_textvqa(
             where, question_id, prompted, image, "vqa_acc", most_common(answers), answers
         )
 
-    return read_each(data_list(path), f"{path}: data", read, policy)
+    return read_each(data_list(path), f"{path}: data", read, policy, path)
 
 
 def read_docvqa(
@@ -212,7 +216,7 @@ def read_docvqa(
         prompted = prompt.format(question=question)
         return question_record(where, question_id, prompted, image, "anls", answers[0], answers)
 
-    return read_each(data_list(path), f"{path}: data", read, policy)
+    return read_each(data_list(path), f"{path}: data", read, policy, path)
 
 
 def read_chartqa(
@@ -230,7 +234,7 @@ def read_chartqa(
         question_id = f"{path.stem}:{index}"
         return question_record(where, question_id, prompted, image, "relaxed_acc", label, [label])
 
-    return read_each(records, f"{path}: record", read, policy)
+    return read_each(records, f"{path}: record", read, policy, path)
 
 
 class PlainDataUnpickler(pickle.Unpickler):
@@ -310,7 +314,7 @@ def read_refcoco(
             )
         return questions
 
-    return read_each(in_split, f"{path}: {split} ref", read, policy)
+    return read_each(in_split, f"{path}: {split} ref", read, policy, path)
 
 
 def read_llava(
@@ -327,7 +331,7 @@ def read_llava(
         paths = [image_root / image for image in images]
         return BenchmarkRecord(where, str(record.get("id", where)), turns, paths, metric, answers)
 
-    return read_each(lines, str(path), read, policy)
+    return read_each(lines, str(path), read, policy, path)
 
 
 def read_benchmark(
@@ -371,7 +375,7 @@ def read_benchmark(
         missing = [image for image in record.images if not image.is_file()]
         if missing:
             where = f"{record.where}: image {missing[0]} not found"
-            policy.handle(BadSampleError("missing_file", where))
+            policy.handle(BadSampleError("missing_file", where), str(path), len(records))
     if not records:
         raise ValueError(f"{path}: no usable questions")
     return records
