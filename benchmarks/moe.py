@@ -17,7 +17,7 @@ Each condition of ``--neighbours`` (default ``0 1``) runs the whole comparison w
 busy neighbours beside it: processes that each keep one core busy with single-threaded
 GEMMs, as another job or a data worker would. Every contender is warmed up in each condition
 (``--warmup`` calls), and ``auto`` starts each condition afresh, as a run started in it would
-(its choice settles after four calls).
+(its choice settles after eight calls).
 
 Run: ``python benchmarks/moe.py`` (defaults: 4096 tokens, hidden 512, expert width 512,
 64 experts, top-2, fp32, 2 threads); an OLMoE-sized layer: ``--tokens 1024 --hidden 2048
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--eager-rounds", type=int, default=3, help="the eager loop is slow")
-    parser.add_argument("--warmup", type=int, default=5, help="calls per contender")
+    parser.add_argument("--warmup", type=int, default=10, help="calls per contender")
     parser.add_argument("--neighbours", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--cpu-time", action="store_true", help="thread CPU time (--threads 1)")

@@ -205,7 +205,7 @@ def test_grouped_experts_paths_match_reference_loop(workers, skewed):
 
     expected = run(lambda w, x, w_in, w_out: reference_experts(x, w, ids, w_in, w_out, "swiglu"))
     adaptive.choosers.clear()
-    for _ in range(5):  # measured: the first four calls run each path twice
+    for _ in range(2 * adaptive.FIRST_RUNS + 1):  # measured: each path FIRST_RUNS times first
         results = run(
             lambda w, x, w_in, w_out: grouped_experts(x, w, plan, w_in, w_out, "swiglu", workers)
         )
@@ -214,7 +214,7 @@ def test_grouped_experts_paths_match_reference_loop(workers, skewed):
         assert results[3][1].abs().max() == 0  # the empty expert's gradient is exactly zero
     if workers == MEASURED:
         for chooser in adaptive.choosers.values():  # one forward site, one backward site
-            assert chooser.runs[GROUPED] >= 2 and chooser.runs[ALL_THREADS] >= 2
+            assert min(chooser.runs.values()) == adaptive.FIRST_RUNS
         assert len(adaptive.choosers) == 2
 
 
@@ -222,14 +222,15 @@ def test_path_chooser_measures_both_then_runs_the_faster_and_follows_a_change():
     chooser = PathChooser()
     seconds = {GROUPED: 2.0, ALL_THREADS: 1.0}
     ran = []
-    for _ in range(4 + 4 * adaptive.EXPLORE_EVERY):
+    first = 2 * adaptive.FIRST_RUNS
+    for _ in range(first + 4 * adaptive.EXPLORE_EVERY):
         path = chooser.next_path()
         ran.append(path)
         chooser.record(path, seconds[path])
-    # each path twice (first runs not counted), then the faster, and the slower one after
-    # EXPLORE_EVERY x 2 (the ratio of their times) calls
-    assert ran[:4] == [GROUPED, ALL_THREADS, GROUPED, ALL_THREADS]
-    checks = [i - 4 for i, path in enumerate(ran) if path == GROUPED and i >= 4]
+    # each path FIRST_RUNS times, alternating (first runs not counted), then the faster, and
+    # the slower one after EXPLORE_EVERY x 2 (the ratio of their times) calls
+    assert ran[:first] == [GROUPED, ALL_THREADS] * adaptive.FIRST_RUNS
+    checks = [i - first for i, path in enumerate(ran) if path == GROUPED and i >= first]
     assert checks == [2 * adaptive.EXPLORE_EVERY - 1, 4 * adaptive.EXPLORE_EVERY - 1]
     assert chooser.faster == ALL_THREADS
     seconds[ALL_THREADS] = 4.0  # the workers slow down (e.g. a busy neighbour)

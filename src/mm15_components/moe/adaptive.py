@@ -7,11 +7,12 @@ the tasks win on an idle machine and at small widths under heavy load, where eve
 barrier waits for a descheduled thread, while the grouped GEMMs win for wide experts beside
 a busy neighbour (docs/moe.md gives the measurements). No fixed rule covers both, so
 ``backend="auto"`` times the calls it makes: each call site (direction, shapes, dtype, size
-class of the row count) first runs each path twice, then uses the one with the lower moving
-average of its recent times, and now and then runs the other once so that a change of
-conditions is noticed: after ``EXPLORE_EVERY`` times the ratio of the two averages calls,
-which bounds what the check costs to ``1 / EXPLORE_EVERY`` of the time. A path's first call
-is not counted (it starts the worker threads and touches fresh memory).
+class of the row count) first runs each path ``FIRST_RUNS`` times, alternating, then uses
+the one with the lower moving average of its recent times, and now and then runs the other
+once so that a change of conditions is noticed: after ``EXPLORE_EVERY`` times the ratio of
+the two averages calls, which bounds what the check costs to ``1 / EXPLORE_EVERY`` of the
+time. A path's first call is not counted (it starts the worker threads and touches fresh
+memory).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ ALL_THREADS = -1
 MEASURED = -2
 """``workers`` value for whichever of the two ``run_faster`` picks at the call site."""
 PATHS = (GROUPED, ALL_THREADS)
+FIRST_RUNS = 4
+"""Runs of each path before choosing: the first is not counted, the others average out some
+of a shared machine's noise."""
 EXPLORE_EVERY = 16
 SMOOTHING = 0.3
 """Weight of the newest time in a path's moving average."""
@@ -45,8 +49,8 @@ class PathChooser:
 
     @property
     def faster(self) -> int | None:
-        """The path with the lower moving average, once both have one."""
-        if len(self.seconds) < len(PATHS):
+        """The path with the lower moving average, once both have run ``FIRST_RUNS`` times."""
+        if min(self.runs.values()) < FIRST_RUNS:
             return None
         return min(PATHS, key=self.seconds.__getitem__)
 
