@@ -388,15 +388,14 @@ def test_other_pil_modes_are_converted() -> None:
 
 def test_sixteen_bit_and_float_pil_modes_are_scaled_by_their_range_as_the_loader_does() -> None:
     splitter = AnyResSplitter(tile_size=16)
-    deep = np.random.randint(0, 65536, size=(21, 33)).astype(np.uint16)
-    deep[0, 0], deep[0, 1] = 1000, 61000  # the range: 1000 -> 0, 61000 -> 255
-    deep = deep.clip(1000, 61000)
-    grey = np.rint((deep.astype(np.float64) - 1000) * 255 / 60000).astype(np.uint8)
+    grey = np.random.randint(0, 256, size=(21, 33)).astype(np.uint8)
+    grey[0, 0], grey[0, 1] = 0, 255
+    deep = (1000 + 200 * grey.astype(np.int64)).astype(np.uint16)  # range 1000..52000: 200 a level
     expected, _ = splitter(torch.from_numpy(grey)[None])
     torch.testing.assert_close(splitter(Image.fromarray(deep))[0], expected, atol=0, rtol=0)
     wide = Image.fromarray(deep.astype(np.int32))
     torch.testing.assert_close(splitter(wide)[0], expected, atol=0, rtol=0)
-    unit = (deep.astype(np.float32) - 1000) / 60000 * 3 - 1  # any float range
+    unit = grey.astype(np.float32) / 255 * 3 - 1  # any float range
     torch.testing.assert_close(splitter(Image.fromarray(unit))[0], expected, atol=0, rtol=0)
 
 
