@@ -11,8 +11,7 @@ from torch.utils.data import Dataset
 from mm15_components.data.collate import SampleEncoder
 from mm15_components.data.encoding import Encoding, ModelGeometry
 from mm15_components.data.lengths import token_counts
-from mm15_components.data.loader import Loader
-from mm15_components.data.sampler import ResumableLoader
+from mm15_components.data.loader import Loader, LoadsEncodedSets
 from mm15_components.data.synthetic.dataset import SyntheticDataset
 
 
@@ -39,7 +38,7 @@ class EncodedDataset(Dataset):
         return self._lengths
 
 
-class SyntheticDataModule(ModelGeometry, L.LightningDataModule):
+class SyntheticDataModule(ModelGeometry, LoadsEncodedSets, L.LightningDataModule):
     """Synthetic grounding (shapes -> boxes) and OCR (signs -> words) samples, rendered on
     the fly, deterministic by seed, with separate train and validation splits.
 
@@ -89,14 +88,4 @@ class SyntheticDataModule(ModelGeometry, L.LightningDataModule):
         )
         self.val_set = EncodedDataset(
             self.val_samples, self.encoding.encoder(self.tokenizer, baseline_box=baseline)
-        )
-
-    def train_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
-        )
-
-    def val_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
         )

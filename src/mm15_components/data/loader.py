@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
 
 from mm15_components.data.batching import TokenBudgetBatchSampler
 from mm15_components.data.collate import collate
@@ -78,3 +79,25 @@ class Loader:
             persistent_workers=self.num_workers > 0,
         )
         return ResumableLoader(loader, counts)
+
+
+class LoadsEncodedSets:
+    """``train_dataloader`` and ``val_dataloader`` of a data module whose ``setup`` builds
+    ``train_set`` and ``val_set`` (encoded items), through its ``loader`` group."""
+
+    loader: Loader
+    seed: int
+    tokenizer: PreTrainedTokenizerBase
+    train_set: Dataset
+    val_set: Dataset
+    trainer: L.Trainer | None
+
+    def train_dataloader(self) -> ResumableLoader:
+        return self._build(self.train_set, train=True)
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self._build(self.val_set, train=False)
+
+    def _build(self, dataset: Dataset, train: bool) -> ResumableLoader:
+        pad = self.tokenizer.pad_token_id
+        return self.loader.build(dataset, pad, self.seed, train=train, trainer=self.trainer)

@@ -9,13 +9,12 @@ import lightning as L
 
 from mm15_components.data.datamodule import EncodedDataset
 from mm15_components.data.encoding import Encoding, ModelGeometry
-from mm15_components.data.loader import Loader
-from mm15_components.data.sampler import ResumableLoader
+from mm15_components.data.loader import Loader, LoadsEncodedSets
 from mm15_components.data.synthetic.screen_tasks import TASKS, ScreenDataset, vocabulary
 from mm15_components.data.synthetic.screens import WIDGETS
 
 
-class UIDataModule(ModelGeometry, L.LightningDataModule):
+class UIDataModule(ModelGeometry, LoadsEncodedSets, L.LightningDataModule):
     """Synthetic portrait phone screens, each with several questions (widget classification,
     OCR and icon recognition at a box or point, find-text / find-icon / find-widget grounding,
     widget listing, a short description), rendered on the fly and deterministic by seed.
@@ -90,14 +89,4 @@ class UIDataModule(ModelGeometry, L.LightningDataModule):
             self.val_samples.widget_baseline = self.train_samples.majority_widget()
         self.val_set = EncodedDataset(
             self.val_samples, self.encoding.encoder(self.tokenizer, baseline_box=baseline)
-        )
-
-    def train_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
-        )
-
-    def val_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
         )

@@ -26,9 +26,8 @@ from mm15_components.data.formats import (
     check_answers,
     read_json_records,
 )
-from mm15_components.data.loader import Loader
+from mm15_components.data.loader import Loader, LoadsEncodedSets
 from mm15_components.data.prompt import question_turn
-from mm15_components.data.sampler import ResumableLoader
 from mm15_components.data.schema import Sample, Turn
 from mm15_components.data.synthetic.dataset import SeededDataset, sampling_probabilities
 from mm15_components.data.synthetic.motion import QUESTIONS, question_answer, render_clip
@@ -216,7 +215,7 @@ def parse_record(record: Any, where: str) -> tuple[str, str, str, list[Turn]]:
     return where, str(record.get("id", where)), video, turns
 
 
-class VideoDataModule(ModelGeometry, L.LightningDataModule):
+class VideoDataModule(ModelGeometry, LoadsEncodedSets, L.LightningDataModule):
     """Video question answering: each split from synthetic motion clips (direction of
     motion, order of appearance, counting) or, when given, a LLaVA-Video-style JSON file.
 
@@ -294,13 +293,3 @@ class VideoDataModule(ModelGeometry, L.LightningDataModule):
         self._adopt_trainer_geometry()
         self.train_set = EncodedDataset(self.train_samples, self.encoding.encoder(self.tokenizer))
         self.val_set = EncodedDataset(self.val_samples, self.encoding.encoder(self.tokenizer))
-
-    def train_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.train_set, self.tokenizer.pad_token_id, self.seed, train=True, trainer=self.trainer
-        )
-
-    def val_dataloader(self) -> ResumableLoader:
-        return self.loader.build(
-            self.val_set, self.tokenizer.pad_token_id, self.seed, train=False, trainer=self.trainer
-        )
